@@ -1,0 +1,166 @@
+"""ResNet backbones with CBAM in every residual block (paper Fig. 3)."""
+from typing import Optional, Sequence
+
+import torch
+import torch.utils.checkpoint as cp
+from mmengine.registry import DefaultScope
+from torch import Tensor
+
+from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
+from mmdet.registry import MODELS
+from mmdet.utils import ConfigType
+
+DEFAULT_CBAM_CFG = dict(type='CBAM')
+
+
+class CBAMBasicBlock(BasicBlock):
+    """mmdet's ``BasicBlock`` with plugin support, so ResNet-18/34 can carry CBAM.
+
+    Plugins go 'after_conv1' (after the first conv's ReLU) or 'after_conv2' (after the last BN,
+    before the shortcut addition: CBAM's place in Fig. 3). Other arguments are ``BasicBlock``'s.
+    """
+    plugin_positions = ('after_conv1', 'after_conv2')
+    # The plugin machinery is mmdet's own, shared with its Bottleneck.
+    make_block_plugins = Bottleneck.make_block_plugins
+    forward_plugin = Bottleneck.forward_plugin
+
+    def __init__(self, inplanes: int, planes: int, plugins: Optional[list] = None, **kwargs):
+        super().__init__(inplanes, planes, **kwargs)
+        plugins = plugins or []
+        for plugin in plugins:
+            if plugin['position'] not in self.plugin_positions:
+                raise ValueError(
+                    f'CBAMBasicBlock: plugin position {plugin["position"]!r} is not supported; '
+                    f'valid positions: {self.plugin_positions} (Bottleneck depths 50/101/152 '
+                    f'also accept after_conv3)')
+        self.with_plugins = bool(plugins)
+        self.after_conv1_plugin_names = self.make_block_plugins(
+            planes, [p['cfg'] for p in plugins if p['position'] == 'after_conv1'])
+        self.after_conv2_plugin_names = self.make_block_plugins(
+            planes, [p['cfg'] for p in plugins if p['position'] == 'after_conv2'])
+
+    def forward(self, x: Tensor) -> Tensor:
+
+        def _inner_forward(x):
+            out = self.relu(self.norm1(self.conv1(x)))
+            out = self.forward_plugin(out, self.after_conv1_plugin_names)
+            out = self.norm2(self.conv2(out))
+            out = self.forward_plugin(out, self.after_conv2_plugin_names)
+            identity = x if self.downsample is None else self.downsample(x)
+            return out + identity
+
+        if self.with_cp and x.requires_grad:
+            out = cp.checkpoint(_inner_forward, x, use_reentrant=False)
+        else:
+            out = _inner_forward(x)
+        return self.relu(out)
+
+
+class CBAMBackboneMixin:
+    """Puts CBAM after the last norm of every block of a ResNet-family backbone.
+
+    CBAM is added through mmdet's own ResNet plugin mechanism, so the backbone accepts everything
+    its mmdet parent accepts (style, frozen_stages, norm_eval, norm_cfg, with_cp, dcn, plugins, ...)
+    and frozen stages and ``norm_eval`` cover CBAM too.
+
+    Args:
+        depth (int): Network depth, one of the keys of ``arch_settings``.
+        cbam_cfg (dict, optional): Config of the attention module, built with the block's output
+            channels as ``in_channels``; None builds the plain parent. Defaults to
+            ``dict(type='CBAM')`` (the authors' configuration).
+        cbam_stages (Sequence[bool]): Which stages carry CBAM. Defaults to all.
+        start_from_parent (bool): After the weights are initialised or loaded, make every CBAM
+            scale its input by a constant and divide the preceding norm's affine parameters by
+            it, so that the network computes exactly its plain parent (e.g. from a plain ImageNet
+            checkpoint) while each gate sits at sigmoid(0) = 0.5, where its gradient is largest.
+            Use it with plain-ResNet weights, never with CBAM weights (it resets the gates).
+            Defaults to False.
+        zero_init_residual (bool): As in mmdet's ResNet, but off by default because the authors
+            did not zero the last BN of each block. Defaults to False.
+        plugins (list[dict], optional): More plugins, as in mmdet's ResNet; CBAM comes last.
+        **kwargs: Everything else mmdet's parent class takes.
+    """
+
+    def __init__(self,
+                 depth: int,
+                 cbam_cfg: Optional[ConfigType] = DEFAULT_CBAM_CFG,
+                 cbam_stages: Sequence[bool] = (True, True, True, True),
+                 start_from_parent: bool = False,
+                 zero_init_residual: bool = False,
+                 plugins: Optional[list] = None,
+                 **kwargs) -> None:
+        name = type(self).__name__
+        if depth not in self.arch_settings:
+            raise ValueError(
+                f'{name}: invalid depth={depth!r}; valid depths: {sorted(self.arch_settings)}')
+        num_stages = kwargs.get('num_stages', 4)
+        if len(cbam_stages) != num_stages:
+            raise ValueError(f'{name}: cbam_stages needs one bool per stage ({num_stages}), '
+                             f'got {tuple(cbam_stages)}')
+        block = self.arch_settings[depth][0]
+        plugins = list(plugins or [])
+        if cbam_cfg is not None:
+            position = 'after_conv3' if issubclass(block, Bottleneck) else 'after_conv2'
+            plugins.append(dict(cfg=cbam_cfg, position=position, stages=tuple(cbam_stages)))
+        # mmcv builds plugins from the registry of the current default scope; outside a config
+        # (a script, a tool) there is none, so build in mmdet's, where CBAM is registered.
+        scope = None if DefaultScope.get_current_instance() else 'mmdet'
+        with DefaultScope.overwrite_default_scope(scope):
+            super().__init__(
+                depth=depth, plugins=plugins or None, zero_init_residual=zero_init_residual,
+                **kwargs)
+        self.start_from_parent = start_from_parent
+        if (zero_init_residual and block is CBAMBasicBlock
+                and isinstance(self.init_cfg, list)):
+            # mmdet only recognises its own BasicBlock when zeroing the last norm of each block.
+            for blk in self.blocks():
+                blk.init_cfg = dict(type='Constant', val=0, override=dict(name='norm2'))
+
+    def blocks(self):
+        """All residual blocks, stage by stage."""
+        for layer_name in self.res_layers:
+            yield from getattr(self, layer_name)
+
+    def init_weights(self) -> None:
+        first_call = not self.is_init
+        super().init_weights()
+        if self.start_from_parent and first_call:
+            self._start_as_parent()
+
+    @torch.no_grad()
+    def _start_as_parent(self) -> None:
+        for block in self.blocks():
+            cbam = getattr(block, 'cbam', None)
+            if cbam is None:
+                continue
+            norm = block.norm3 if isinstance(block, Bottleneck) else block.norm2
+            if getattr(norm, 'weight', None) is None:
+                raise ValueError(f'{type(self).__name__}: start_from_parent needs an affine norm '
+                                 f'before CBAM, got {norm}')
+            gain = cbam.reset_to_constant_gain()
+            norm.weight.div_(gain)
+            norm.bias.div_(gain)
+
+
+@MODELS.register_module()
+class CBAMResNet(CBAMBackboneMixin, ResNet):
+    """ResNet (depth 18, 34, 50, 101, 152) with CBAM in every block, see ``CBAMBackboneMixin``.
+
+    Example:
+        >>> backbone = CBAMResNet(depth=50)
+        >>> [tuple(o.shape) for o in backbone(torch.rand(1, 3, 64, 64))]
+        [(1, 256, 16, 16), (1, 512, 8, 8), (1, 1024, 4, 4), (1, 2048, 2, 2)]
+    """
+    arch_settings = {
+        **ResNet.arch_settings,
+        18: (CBAMBasicBlock, (2, 2, 2, 2)),
+        34: (CBAMBasicBlock, (3, 4, 6, 3)),
+    }
+
+
+@MODELS.register_module()
+class CBAMResNetV1d(CBAMResNet):
+    """ResNetV1d (deep stem, average-pool downsampling; `Bag of Tricks`) with CBAM."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(deep_stem=True, avg_down=True, **kwargs)

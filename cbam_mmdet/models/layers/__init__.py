@@ -1,0 +1,3 @@
+from .cbam import CBAM, ChannelGate, SpatialGate
+
+__all__ = ['CBAM', 'ChannelGate', 'SpatialGate']

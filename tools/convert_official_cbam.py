@@ -1,0 +1,161 @@
+"""Convert the authors' ImageNet CBAM-ResNet checkpoint into a ``CBAMResNet`` backbone checkpoint.
+
+    python tools/convert_official_cbam.py RESNET50_CBAM.pth.tar cbam_r50_backbone.pth [--depth 50]
+
+The result loads with ``init_cfg=dict(type='Pretrained', checkpoint=DST)`` into
+``CBAMResNet(depth=N)`` with no missing or unexpected keys. The source is read with
+``weights_only=True`` (no pickled code runs) and DST is written atomically.
+"""
+import argparse
+import os
+import re
+import sys
+import tempfile
+from collections import OrderedDict
+from typing import Dict, Optional, Tuple
+
+import torch
+
+# The authors' CBAM names -> ours (the rest of a torchvision-style ResNet is named alike).
+KEY_RENAMES = (
+    ('.cbam.ChannelGate.mlp.1.', '.cbam.channel_gate.mlp.0.'),
+    ('.cbam.ChannelGate.mlp.3.', '.cbam.channel_gate.mlp.2.'),
+    ('.cbam.SpatialGate.spatial.conv.', '.cbam.spatial_gate.spatial.conv.'),
+    ('.cbam.SpatialGate.spatial.bn.', '.cbam.spatial_gate.spatial.bn.'),
+)
+DROPPED_PREFIXES = ('fc.', )  # the ImageNet classifier, not part of a detection backbone
+BLOCKS_TO_DEPTH = {(2, 2, 2, 2): 18, (3, 4, 6, 3): None, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
+
+
+class ConversionError(ValueError):
+    """The source is not a checkpoint this tool can convert; the message says why."""
+
+
+def load_authors_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise ConversionError(f'{path}: no such file')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # noqa: BLE001 - corrupt, truncated or hostile: all refused
+        raise ConversionError(
+            f'{path}: cannot be read as a weights-only PyTorch checkpoint ({err}). It is '
+            f'corrupt, truncated, or holds objects other than tensors (which are never '
+            f'unpickled here).') from err
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not state:
+        raise ConversionError(f'{path}: no state_dict found (expected a dict with a '
+                              f'"state_dict" of tensors, as the authors\' train script saves)')
+    return OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
+                       for k, v in state.items())
+
+
+def infer_depth(state: Dict[str, torch.Tensor], path: str) -> int:
+    blocks = []
+    for stage in range(1, 5):
+        ids = {int(m.group(1)) for k in state for m in [re.match(rf'layer{stage}\.(\d+)\.', k)]
+               if m}
+        if not ids:
+            raise ConversionError(f'{path}: not a ResNet checkpoint: no layer{stage}.* keys')
+        blocks.append(max(ids) + 1)
+    blocks = tuple(blocks)
+    if blocks not in BLOCKS_TO_DEPTH:
+        raise ConversionError(f'{path}: blocks per stage {blocks} match no ResNet depth')
+    depth = BLOCKS_TO_DEPTH[blocks]
+    if depth is None:  # (3, 4, 6, 3): ResNet-34 has BasicBlocks, ResNet-50 Bottlenecks
+        depth = 50 if 'layer1.0.conv3.weight' in state else 34
+    return depth
+
+
+def convert(state: Dict[str, torch.Tensor], path: str,
+            depth: Optional[int] = None) -> Tuple[int, 'OrderedDict[str, torch.Tensor]']:
+    """Rename the authors' keys and check them against a freshly built ``CBAMResNet``.
+
+    Returns the depth and the converted state dict, in ``CBAMResNet``'s key order.
+    """
+    from cbam_mmdet.models import CBAMResNet
+
+    found = infer_depth(state, path)
+    if depth is not None and depth != found:
+        raise ConversionError(f'{path}: holds a ResNet-{found}, but --depth {depth} was given')
+    if not any('.cbam.' in k for k in state):
+        raise ConversionError(
+            f'{path}: not a CBAM ResNet: it has no CBAM keys (e.g. layer1.0.cbam.ChannelGate.'
+            f'mlp.1.weight). For a plain ResNet no conversion is needed: load it with '
+            f'init_cfg=dict(type="Pretrained", ...) and consider start_from_parent=True.')
+    converted = OrderedDict()
+    for key, value in state.items():
+        if key.startswith(DROPPED_PREFIXES):
+            continue
+        for old, new in KEY_RENAMES:
+            key = key.replace(old, new)
+        converted[key] = value
+    # Checkpoints from PyTorch < 0.4.1 have no BN num_batches_tracked; add what BN expects.
+    for key in list(converted):
+        if key.endswith('.running_mean'):
+            counter = key[:-len('running_mean')] + 'num_batches_tracked'
+            converted.setdefault(counter, torch.tensor(0, dtype=torch.long))
+
+    expected = CBAMResNet(depth=found).state_dict()
+    missing = [k for k in expected if k not in converted]
+    unexpected = [k for k in converted if k not in expected]
+    wrong_shape = [f'{k}: {tuple(converted[k].shape)} != {tuple(v.shape)}'
+                   for k, v in expected.items() if k in converted and
+                   converted[k].shape != v.shape]
+    if missing or unexpected or wrong_shape:
+        def show(keys):
+            return ', '.join(keys[:5]) + (f' (+{len(keys) - 5} more)' if len(keys) > 5 else '')
+        problems = [f'missing {len(missing)} keys: {show(missing)}' if missing else '',
+                    f'unexpected {len(unexpected)} keys: {show(unexpected)}' if unexpected else '',
+                    f'wrong shapes: {show(wrong_shape)}' if wrong_shape else '']
+        raise ConversionError(f'{path}: not the authors\' CBAM ResNet-{found} layout: '
+                              + '; '.join(p for p in problems if p))
+    return found, OrderedDict((k, converted[k]) for k in expected)
+
+
+def save_atomic(obj, dst: str) -> None:
+    """Write ``obj`` to a temporary file beside ``dst`` and rename it: DST is complete or absent."""
+    folder = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.pth', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('src', help="the authors' checkpoint, e.g. RESNET50_CBAM_new_name_wrap.pth")
+    parser.add_argument('dst', help='where to write the backbone checkpoint')
+    parser.add_argument('--depth', type=int, choices=(18, 34, 50, 101, 152),
+                        help='expected depth; inferred from the checkpoint when omitted')
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        state = load_authors_state_dict(args.src)
+        depth, converted = convert(state, args.src, args.depth)
+    except ConversionError as err:
+        print(f'convert_official_cbam: error: {err}', file=sys.stderr)
+        return 1
+    save_atomic({'state_dict': converted,
+                 'meta': dict(source=os.path.basename(args.src), arch=f'CBAMResNet-{depth}')},
+                args.dst)
+    num_cbam = len({k.split('.cbam.')[0] for k in converted if '.cbam.' in k})
+    num_params = sum(v.numel() for k, v in converted.items()
+                     if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked')))
+    print(f'converted CBAM ResNet-{depth}: {len(converted)} tensors, {num_cbam} CBAM modules, '
+          f'{num_params / 1e6:.2f}M backbone parameters (fc dropped) -> {args.dst}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

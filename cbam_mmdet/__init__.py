@@ -9,6 +9,6 @@ from .version import __version__
 
 allow_mmengine_checkpoints()
 
-from . import models  # noqa: E402,F401 - registers the components
+from . import engine, models  # noqa: E402,F401 - registers the components
 
 __all__ = ['__version__']

@@ -1,7 +1,8 @@
 """ResNet backbones with CBAM in every residual block (paper Fig. 3)."""
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
+import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmengine.registry import DefaultScope
 from torch import Tensor
@@ -56,6 +57,41 @@ class CBAMBasicBlock(BasicBlock):
         return self.relu(out)
 
 
+def mmdet_scope_if_unset():
+    """mmcv builds plugins from the registry of the current default scope; outside a config
+    (a script, a tool) there is none, so build in mmdet's, where CBAM is registered."""
+    return DefaultScope.overwrite_default_scope(
+        None if DefaultScope.get_current_instance() else 'mmdet')
+
+
+def cbam_plugin(block: type, cbam_cfg: ConfigType, stages: Optional[Sequence[bool]] = None) -> dict:
+    """An mmdet ResNet plugin entry that puts ``cbam_cfg`` after the last norm of ``block``."""
+    position = 'after_conv3' if issubclass(block, Bottleneck) else 'after_conv2'
+    plugin = dict(cfg=cbam_cfg, position=position)
+    if stages is not None:
+        plugin['stages'] = tuple(stages)
+    return plugin
+
+
+@torch.no_grad()
+def start_blocks_as_parent(blocks: Iterable[nn.Module]) -> None:
+    """Make each block with a CBAM compute exactly what it computes without it.
+
+    Each CBAM is reset to a constant gain (see ``CBAM.reset_to_constant_gain``) and the norm
+    right before it (the block's last) has its affine parameters divided by that gain.
+    """
+    for block in blocks:
+        cbam = getattr(block, 'cbam', None)
+        if cbam is None:
+            continue
+        norm = block.norm3 if isinstance(block, Bottleneck) else block.norm2
+        if getattr(norm, 'weight', None) is None:
+            raise ValueError(f'start_from_parent needs an affine norm before CBAM, got {norm}')
+        gain = cbam.reset_to_constant_gain()
+        norm.weight.div_(gain)
+        norm.bias.div_(gain)
+
+
 class CBAMBackboneMixin:
     """Puts CBAM after the last norm of every block of a ResNet-family backbone.
 
@@ -68,7 +104,8 @@ class CBAMBackboneMixin:
         cbam_cfg (dict, optional): Config of the attention module, built with the block's output
             channels as ``in_channels``; None builds the plain parent. Defaults to
             ``dict(type='CBAM')`` (the authors' configuration).
-        cbam_stages (Sequence[bool]): Which stages carry CBAM. Defaults to all.
+        cbam_stages (Sequence[bool], optional): Which stages carry CBAM, one bool per stage.
+            Defaults to None: all stages.
         start_from_parent (bool): After the weights are initialised or loaded, make every CBAM
             scale its input by a constant and divide the preceding norm's affine parameters by
             it, so that the network computes exactly its plain parent (e.g. from a plain ImageNet
@@ -84,7 +121,7 @@ class CBAMBackboneMixin:
     def __init__(self,
                  depth: int,
                  cbam_cfg: Optional[ConfigType] = DEFAULT_CBAM_CFG,
-                 cbam_stages: Sequence[bool] = (True, True, True, True),
+                 cbam_stages: Optional[Sequence[bool]] = None,
                  start_from_parent: bool = False,
                  zero_init_residual: bool = False,
                  plugins: Optional[list] = None,
@@ -94,18 +131,14 @@ class CBAMBackboneMixin:
             raise ValueError(
                 f'{name}: invalid depth={depth!r}; valid depths: {sorted(self.arch_settings)}')
         num_stages = kwargs.get('num_stages', 4)
-        if len(cbam_stages) != num_stages:
+        if cbam_stages is not None and len(cbam_stages) != num_stages:
             raise ValueError(f'{name}: cbam_stages needs one bool per stage ({num_stages}), '
                              f'got {tuple(cbam_stages)}')
         block = self.arch_settings[depth][0]
         plugins = list(plugins or [])
         if cbam_cfg is not None:
-            position = 'after_conv3' if issubclass(block, Bottleneck) else 'after_conv2'
-            plugins.append(dict(cfg=cbam_cfg, position=position, stages=tuple(cbam_stages)))
-        # mmcv builds plugins from the registry of the current default scope; outside a config
-        # (a script, a tool) there is none, so build in mmdet's, where CBAM is registered.
-        scope = None if DefaultScope.get_current_instance() else 'mmdet'
-        with DefaultScope.overwrite_default_scope(scope):
+            plugins.append(cbam_plugin(block, cbam_cfg, cbam_stages))
+        with mmdet_scope_if_unset():
             super().__init__(
                 depth=depth, plugins=plugins or None, zero_init_residual=zero_init_residual,
                 **kwargs)
@@ -125,21 +158,7 @@ class CBAMBackboneMixin:
         first_call = not self.is_init
         super().init_weights()
         if self.start_from_parent and first_call:
-            self._start_as_parent()
-
-    @torch.no_grad()
-    def _start_as_parent(self) -> None:
-        for block in self.blocks():
-            cbam = getattr(block, 'cbam', None)
-            if cbam is None:
-                continue
-            norm = block.norm3 if isinstance(block, Bottleneck) else block.norm2
-            if getattr(norm, 'weight', None) is None:
-                raise ValueError(f'{type(self).__name__}: start_from_parent needs an affine norm '
-                                 f'before CBAM, got {norm}')
-            gain = cbam.reset_to_constant_gain()
-            norm.weight.div_(gain)
-            norm.bias.div_(gain)
+            start_blocks_as_parent(self.blocks())
 
 
 @MODELS.register_module()

@@ -1,0 +1,3 @@
+from .shared_heads import CBAMResLayer
+
+__all__ = ['CBAMResLayer']

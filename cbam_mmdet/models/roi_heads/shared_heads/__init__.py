@@ -1,0 +1,3 @@
+from .cbam_res_layer import CBAMResLayer
+
+__all__ = ['CBAMResLayer']

@@ -1,0 +1,58 @@
+"""The stage-5 RoI head of a C4 Faster R-CNN, with CBAM in every block."""
+from mmdet.models.layers import ResLayer as ResBlocks
+from mmdet.models.roi_heads.shared_heads import ResLayer
+from mmdet.registry import MODELS
+from mmdet.utils import ConfigType
+
+from ...backbones.cbam_resnet import (DEFAULT_CBAM_CFG, CBAMResNet, cbam_plugin,
+                                      mmdet_scope_if_unset, start_blocks_as_parent)
+
+
+@MODELS.register_module()
+class CBAMResLayer(ResLayer):
+    """mmdet's C4 shared head (``ResLayer``) with CBAM after the last norm of every block.
+
+    In a C4 detector the last backbone stage runs per RoI as the shared head, so a CBAM detector
+    needs CBAM there too (R50: 13 CBAMs in the backbone + 3 here). Block names match the backbone
+    (``layer4.0.cbam...``), so a CBAM ImageNet checkpoint loads into both.
+
+    Args:
+        depth (int): ResNet depth.
+        cbam_cfg (dict): Attention config, as in ``CBAMResNet``. Defaults to ``dict(type='CBAM')``.
+        start_from_parent (bool): As in ``CBAMResNet``. Defaults to False.
+        **kwargs: mmdet ``ResLayer`` arguments (stage, stride, dilation, style, norm_cfg,
+            norm_eval, with_cp, dcn, init_cfg).
+    """
+
+    def __init__(self,
+                 depth: int,
+                 cbam_cfg: ConfigType = DEFAULT_CBAM_CFG,
+                 start_from_parent: bool = False,
+                 stage: int = 3,
+                 stride: int = 2,
+                 dilation: int = 1,
+                 style: str = 'pytorch',
+                 with_cp: bool = False,
+                 dcn: ConfigType = None,
+                 **kwargs) -> None:
+        if depth not in CBAMResNet.arch_settings:
+            raise ValueError(f'CBAMResLayer: invalid depth={depth!r}; valid depths: '
+                             f'{sorted(CBAMResNet.arch_settings)}')
+        super().__init__(depth, stage=stage, stride=stride, dilation=dilation, style=style,
+                         with_cp=with_cp, dcn=dcn, **kwargs)
+        # Rebuild the stage mmdet just built, now with CBAM (its ResLayer takes no plugins).
+        block, stage_blocks = CBAMResNet.arch_settings[depth]
+        planes = 64 * 2**stage
+        with mmdet_scope_if_unset():
+            blocks = ResBlocks(block, planes // 2 * block.expansion, planes, stage_blocks[stage],
+                               stride=stride, dilation=dilation, style=style, with_cp=with_cp,
+                               norm_cfg=self.norm_cfg, dcn=dcn,
+                               plugins=[cbam_plugin(block, cbam_cfg)])
+        self.add_module(f'layer{stage + 1}', blocks)
+        self.start_from_parent = start_from_parent
+
+    def init_weights(self) -> None:
+        first_call = not self.is_init
+        super().init_weights()
+        if self.start_from_parent and first_call:
+            start_blocks_as_parent(getattr(self, f'layer{self.stage + 1}'))

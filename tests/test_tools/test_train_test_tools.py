@@ -1,0 +1,121 @@
+"""tools/train.py, tools/test.py, tools/dist_train.sh and tools/run_demo.py on synthetic COCO."""
+import json
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+
+TOOLS = osp.join(REPO_ROOT, 'tools')
+DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'faster-rcnn_r18-cbam_fpn_400i_synthetic.py')
+
+
+def run(args, timeout=600, env=None):
+    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                            env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope='module')
+def synthetic(tmp_path_factory):
+    out = tmp_path_factory.mktemp('data') / 'synthetic'
+    run([sys.executable, osp.join(TOOLS, 'make_synthetic_dataset.py'), str(out),
+         '--num-train', '8', '--num-val', '4'])
+    return str(out)
+
+
+def data_options(synthetic, max_iters):
+    root = osp.join(synthetic, 'coco') + '/'
+    ann = root + 'annotations/instances_val.json'
+    return ['--cfg-options', f'train_dataloader.dataset.data_root={root}',
+            f'val_dataloader.dataset.data_root={root}',
+            f'test_dataloader.dataset.data_root={root}', f'val_evaluator.ann_file={ann}',
+            f'test_evaluator.ann_file={ann}', 'train_dataloader.batch_size=2',
+            f'train_cfg.max_iters={max_iters}', f'train_cfg.val_interval={max_iters}',
+            'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1']
+
+
+@pytest.fixture(scope='module')
+def trained(synthetic, tmp_path_factory):
+    """An uninterrupted 4-iteration run, validated with CocoMetric at the end."""
+    work_dir = str(tmp_path_factory.mktemp('train'))
+    run([sys.executable, osp.join(TOOLS, 'train.py'), DEMO_CONFIG, '--work-dir', work_dir] +
+        data_options(synthetic, 4))
+    return work_dir
+
+
+def load_state(path):
+    return torch.load(path, map_location='cpu')  # weights_only, thanks to cbam_mmdet
+
+
+def test_train_writes_checkpoints_and_validates(trained):
+    assert osp.isfile(osp.join(trained, 'iter_2.pth')) and osp.isfile(
+        osp.join(trained, 'iter_4.pth'))
+    scalars = [json.loads(line) for line in open(
+        glob_one(trained, 'vis_data/scalars.json'))]
+    val = [s for s in scalars if 'coco/bbox_mAP' in s]
+    assert len(val) == 1 and 0.0 <= val[0]['coco/bbox_mAP'] <= 1.0
+    assert [s['iter'] for s in scalars if 'loss' in s] == [1, 2, 3, 4]
+
+
+def glob_one(work_dir, suffix):
+    import glob
+    found = glob.glob(osp.join(work_dir, '*', suffix))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_resume_continues_exactly(trained, synthetic, tmp_path):
+    """Resumed from iteration 2, the run ends at iteration 4 with the uninterrupted weights."""
+    run([sys.executable, osp.join(TOOLS, 'train.py'), DEMO_CONFIG, '--work-dir',
+         str(tmp_path), '--resume', osp.join(trained, 'iter_2.pth')] +
+        data_options(synthetic, 4))
+    resumed, uninterrupted = (load_state(osp.join(d, 'iter_4.pth'))
+                              for d in (str(tmp_path), trained))
+    assert resumed['meta']['iter'] == uninterrupted['meta']['iter'] == 4
+    assert resumed['state_dict'].keys() == uninterrupted['state_dict'].keys()
+    for key, value in uninterrupted['state_dict'].items():
+        assert torch.equal(resumed['state_dict'][key], value), key
+
+
+def test_test_tool_evaluates_and_dumps(trained, synthetic, tmp_path):
+    metrics_file, out = tmp_path / 'metrics.json', tmp_path / 'results.pkl'
+    options = data_options(synthetic, 4)
+    run([sys.executable, osp.join(TOOLS, 'test.py'), DEMO_CONFIG,
+         osp.join(trained, 'iter_4.pth'), '--work-dir', str(tmp_path), '--out', str(out),
+         '--metrics-json', str(metrics_file)] + options)
+    metrics = json.loads(metrics_file.read_text())
+    assert {'coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/bbox_mAP_75'} <= set(metrics)
+    assert out.exists()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_distributed_training(synthetic, tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()), OMP_NUM_THREADS='1')
+    run(['bash', osp.join(TOOLS, 'dist_train.sh'), DEMO_CONFIG, '2', '--work-dir',
+         str(tmp_path)] + data_options(synthetic, 2), env=env)
+    log = open(glob_one(str(tmp_path), '*.log')).read()
+    assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
+    assert 'World size: 2' in log
+    assert load_state(osp.join(tmp_path, 'iter_2.pth'))['meta']['iter'] == 2
+
+
+def test_demo_prints_the_comparison_table(synthetic, tmp_path):
+    result = run([sys.executable, osp.join(TOOLS, 'run_demo.py'), '--data-dir', synthetic,
+                  '--work-dir', str(tmp_path), '--max-iters', '2'])
+    table = result.stdout[result.stdout.index('| model |'):]
+    assert 'Faster R-CNN R18-FPN' in table and 'Faster R-CNN R18-CBAM-FPN' in table
+    rows = json.loads((tmp_path / 'results.json').read_text())
+    assert [r['model'] for r in rows] == ['Faster R-CNN R18-FPN', 'Faster R-CNN R18-CBAM-FPN']
+    assert rows[1]['params'] > rows[0]['params']

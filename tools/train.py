@@ -1,0 +1,85 @@
+"""Train a detector with mmengine's Runner, as mmdet's tools/train.py does, with cbam_mmdet loaded.
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CHECKPOINT]] [--amp]
+                          [--auto-scale-lr] [--cfg-options KEY=VALUE ...] [--launcher pytorch]
+
+Distributed runs: tools/dist_train.sh CONFIG NUM_PROCESSES. On machines without CUDA the processes
+talk over gloo (NCCL needs GPUs).
+"""
+import argparse
+import os
+import os.path as osp
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+import cbam_mmdet  # noqa: F401 - registers the components, makes checkpoints loadable
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a detector')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--amp', action='store_true', help='automatic mixed precision training')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate to the actual batch size')
+    parser.add_argument(
+        '--resume', nargs='?', type=str, const='auto',
+        help='resume from this checkpoint, or without a value from the latest one in work_dir')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. train_cfg.max_iters=100')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def build_config(args) -> Config:
+    """The config with the command line applied, as mmdet's tools/train.py builds it."""
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+        './work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.auto_scale_lr:
+        if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
+            raise ValueError(f'{args.config}: --auto-scale-lr needs '
+                             f'auto_scale_lr = dict(base_batch_size=...) in the config')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    if cfg.launcher != 'none' and not torch.cuda.is_available():
+        use_cpu_distributed(cfg)
+    return cfg
+
+
+def use_cpu_distributed(cfg: Config) -> None:
+    """mmengine assumes one GPU per process: on a CPU-only machine start gloo here (the Runner
+    then skips its own, CUDA-only set-up) and wrap the model without device ids."""
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend='gloo')
+    cfg.model_wrapper_cfg = dict(
+        type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+
+
+def build_runner(cfg: Config) -> Runner:
+    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+
+
+def main(argv=None) -> None:
+    build_runner(build_config(parse_args(argv))).train()
+
+
+if __name__ == '__main__':
+    main()

@@ -9,7 +9,7 @@ REQ := requirements/env.txt
 ENV_STAMP := $(VENV)/.env-ready
 MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: env test clean-env
+.PHONY: env test demo clean-env
 
 env: $(ENV_STAMP)
 
@@ -17,9 +17,9 @@ $(ENV_STAMP): $(REQ) setup.py tools/check_env.py
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	@rm -f $(ENV_STAMP)
 	$(PIP) install -q -c $(REQ) setuptools wheel ninja
-	$(PIP) install -q -c $(REQ) torch torchvision opencv-python-headless
+	$(PIP) install -q -c $(REQ) torch torchvision opencv-python
 	@# mmcv has no wheel for this torch: build it against the torch above (no build isolation) with
-	@# its C++ ops; with cv2 importable at build time it does not pull in the GUI opencv-python.
+	@# its C++ ops; with cv2 importable at build time it adds no second OpenCV package.
 	@# pip keeps the built wheel in its cache, so later environments skip the build.
 	MMCV_WITH_OPS=1 MAX_JOBS=$(MAX_JOBS) $(PIP) install -c $(REQ) --no-build-isolation mmcv
 	$(PIP) install -q -r $(REQ)
@@ -29,6 +29,10 @@ $(ENV_STAMP): $(REQ) setup.py tools/check_env.py
 
 test: $(ENV_STAMP)
 	$(VPY) -m pytest tests
+
+# The main job: baseline vs CBAM Faster R-CNN trained and evaluated on the synthetic data.
+demo: $(ENV_STAMP)
+	$(VPY) tools/run_demo.py
 
 clean-env:
 	rm -rf $(VENV)

@@ -16,8 +16,9 @@ def test_components_registered_after_import():
 
 def test_custom_imports_in_a_config_is_enough(tmp_path):
     cfg_file = tmp_path / 'cfg.py'
-    cfg_file.write_text("custom_imports = dict(imports=['cbam_mmdet'], allow_failed_imports=False)\n"
-                        "model = dict(type='CBAMResNet', depth=18)\n")
+    cfg_file.write_text(
+        "custom_imports = dict(imports=['cbam_mmdet'], allow_failed_imports=False)\n"
+        "model = dict(type='CBAMResNet', depth=18)\n")
     cfg = Config.fromfile(str(cfg_file))
     assert type(MODELS.build(cfg.model)).__name__ == 'CBAMResNet'
 

@@ -19,15 +19,17 @@ def main() -> None:
         tv_nms(boxes, torch.tensor([0.9, 0.8]), 0.5)
     except Exception as err:  # noqa: BLE001 - any failure here means the same fix
         _fail(f'torchvision ops do not run ({err!r})',
-              'install the torch build that matches torchvision (requirements/env.txt: torch===2.13.0)')
+              'install the torch build that matches torchvision '
+              '(requirements/env.txt: torch===2.13.0)')
 
     try:
         import mmcv
         from mmcv.ops import RoIAlign, nms
     except ImportError as err:
         _fail(f'mmcv was installed without its compiled C++ ops ({err})',
-              'rebuild it: `.venv/bin/pip uninstall -y mmcv; .venv/bin/pip cache remove mmcv; make env` '
-              '(mmcv skips its ops silently when torch is not importable while it builds)')
+              'rebuild it: `.venv/bin/pip uninstall -y mmcv; .venv/bin/pip cache remove mmcv; '
+              'make env` (mmcv skips its ops silently when torch is not importable while it '
+              'builds)')
     dets, keep = nms(boxes, torch.tensor([0.9, 0.8]), iou_threshold=0.5)
     rois = torch.tensor([[0., 0., 0., 7., 7.]])
     pooled = RoIAlign((2, 2), spatial_scale=1.0, sampling_ratio=2)(torch.rand(1, 3, 8, 8), rois)
@@ -38,7 +40,8 @@ def main() -> None:
     import mmengine
     import cbam_mmdet  # noqa: F401 - registers the components, applies the torch compatibility
     print(f'check_env: OK  torch {torch.__version__}, torchvision {torchvision.__version__}, '
-          f'mmcv {mmcv.__version__} (ops), mmengine {mmengine.__version__}, mmdet {mmdet.__version__}')
+          f'mmcv {mmcv.__version__} (ops), mmengine {mmengine.__version__}, '
+          f'mmdet {mmdet.__version__}')
 
 
 if __name__ == '__main__':

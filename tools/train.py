@@ -13,51 +13,30 @@ import os.path as osp
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.runner import Runner, find_latest_checkpoint
 
 import cbam_mmdet  # noqa: F401 - registers the components, makes checkpoints loadable
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Train a detector')
-    parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
-    parser.add_argument('--amp', action='store_true', help='automatic mixed precision training')
-    parser.add_argument('--auto-scale-lr', action='store_true',
-                        help='scale the learning rate to the actual batch size')
-    parser.add_argument(
-        '--resume', nargs='?', type=str, const='auto',
-        help='resume from this checkpoint, or without a value from the latest one in work_dir')
+def add_runner_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments tools/train.py and tools/test.py share (mmdet's)."""
+    parser.add_argument('--work-dir', help='the dir to save logs, models and results')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. train_cfg.max_iters=100')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
+
+
+def load_config(args) -> Config:
+    """The config with the shared arguments applied."""
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
-
-
-def build_config(args) -> Config:
-    """The config with the command line applied, as mmdet's tools/train.py builds it."""
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         './work_dirs', osp.splitext(osp.basename(args.config))[0])
-    if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-    if args.auto_scale_lr:
-        if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
-            raise ValueError(f'{args.config}: --auto-scale-lr needs '
-                             f'auto_scale_lr = dict(base_batch_size=...) in the config')
-        cfg.auto_scale_lr.enable = True
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume is not None:
-        cfg.resume, cfg.load_from = True, args.resume
     if cfg.launcher != 'none' and not torch.cuda.is_available():
         use_cpu_distributed(cfg)
     return cfg
@@ -71,6 +50,58 @@ def use_cpu_distributed(cfg: Config) -> None:
     cfg.model_wrapper_cfg = dict(
         type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
         find_unused_parameters=cfg.get('find_unused_parameters', False))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a detector')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--amp', action='store_true', help='automatic mixed precision training')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate to the actual batch size')
+    parser.add_argument(
+        '--resume', nargs='?', type=str, const='auto',
+        help='resume from this checkpoint, or without a value from the latest one in work_dir')
+    add_runner_args(parser)
+    return parser.parse_args(argv)
+
+
+def build_config(args) -> Config:
+    """The config with the command line applied, as mmdet's tools/train.py builds it."""
+    cfg = load_config(args)
+    if args.amp:
+        if not torch.cuda.is_available():
+            raise ValueError('--amp needs a GPU: mmengine\'s AmpOptimWrapper runs on CUDA, NPU, '
+                             'MLU or MUSA devices only; train without --amp on this machine')
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.auto_scale_lr:
+        if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
+            raise ValueError(f'{args.config}: --auto-scale-lr needs '
+                             f'auto_scale_lr = dict(base_batch_size=...) in the config')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    if cfg.get('resume'):
+        reuse_checkpoint_seed(cfg)
+    return cfg
+
+
+def reuse_checkpoint_seed(cfg: Config) -> None:
+    """Resume with the seed of the run being resumed when the config sets none.
+
+    mmengine builds the dataloader (sampler order, worker seeds) from the seed before it reads the
+    checkpoint, and re-seeds everything afterwards when the seeds differ; an unset seed is drawn
+    at random, so the resumed run would see other data and other random draws.
+    """
+    if cfg.get('randomness', {}).get('seed') is not None:
+        return
+    path = cfg.get('load_from') or find_latest_checkpoint(cfg.work_dir)
+    if path and osp.isfile(path):
+        meta = torch.load(path, map_location='cpu', mmap=True).get('meta', {})
+        if meta.get('seed') is not None:
+            cfg.randomness = dict(cfg.get('randomness', {}), seed=meta['seed'])
 
 
 def build_runner(cfg: Config) -> Runner:

@@ -4,10 +4,11 @@ Since torch 2.6, ``torch.load`` defaults to ``weights_only=True``: its unpickler
 allow-listed globals, so a hostile pickle cannot run code. mmengine 0.10.7 calls ``torch.load``
 without the argument, and its Runner checkpoints (``--resume``, testing a trained model) hold
 globals outside torch's default list, all from the message hub's ``HistoryBuffer``s: the class,
-the numpy arrays, dtypes (and their numeric dtype classes) and scalars it stores, and its statistics methods, which pickle writes as
-``getattr(HistoryBuffer, 'mean')``. We allow exactly those. ``getattr`` itself stays forbidden:
-the name ``builtins.getattr`` maps to :func:`history_buffer_method`, which only returns
-HistoryBuffer's own statistics methods and refuses anything else.
+the numpy arrays, dtypes (and their numeric dtype classes) and scalars it stores, and its
+statistics methods, which pickle writes as ``getattr(HistoryBuffer, 'mean')``. We allow exactly
+those. ``getattr`` itself stays forbidden: the name ``builtins.getattr`` maps to
+:func:`history_buffer_method`, which only returns HistoryBuffer's own statistics methods and
+refuses anything else. The RNG states of ``RandomStateHook`` need nothing more.
 """
 import pickle
 from typing import List

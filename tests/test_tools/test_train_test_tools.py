@@ -12,7 +12,8 @@ import torch
 from conftest import REPO_ROOT
 
 TOOLS = osp.join(REPO_ROOT, 'tools')
-DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'faster-rcnn_r18-cbam_fpn_400i_synthetic.py')
+DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo',
+                       'faster-rcnn_r18-cbam_fpn_300i_synthetic.py')
 
 
 def run(args, timeout=600, env=None):
@@ -107,7 +108,7 @@ def test_two_process_distributed_training(synthetic, tmp_path):
          str(tmp_path)] + data_options(synthetic, 2), env=env)
     log = open(glob_one(str(tmp_path), '*.log')).read()
     assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
-    assert 'World size: 2' in log
+    assert 'GPU number: 2' in log  # mmengine's name for the world size
     assert load_state(osp.join(tmp_path, 'iter_2.pth'))['meta']['iter'] == 2
 
 
@@ -119,3 +120,16 @@ def test_demo_prints_the_comparison_table(synthetic, tmp_path):
     rows = json.loads((tmp_path / 'results.json').read_text())
     assert [r['model'] for r in rows] == ['Faster R-CNN R18-FPN', 'Faster R-CNN R18-CBAM-FPN']
     assert rows[1]['params'] > rows[0]['params']
+
+
+def test_amp_without_a_gpu_is_refused_with_the_reason():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('train_tool', osp.join(TOOLS, 'train.py'))
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    args = train.parse_args([DEMO_CONFIG, '--amp'])
+    if torch.cuda.is_available():
+        assert train.build_config(args).optim_wrapper.type == 'AmpOptimWrapper'
+    else:
+        with pytest.raises(ValueError, match='--amp needs a GPU'):
+            train.build_config(args)

@@ -34,7 +34,6 @@ class CBAMBasicBlock(BasicBlock):
                     f'CBAMBasicBlock: plugin position {plugin["position"]!r} is not supported; '
                     f'valid positions: {self.plugin_positions} (Bottleneck depths 50/101/152 '
                     f'also accept after_conv3)')
-        self.with_plugins = bool(plugins)
         self.after_conv1_plugin_names = self.make_block_plugins(
             planes, [p['cfg'] for p in plugins if p['position'] == 'after_conv1'])
         self.after_conv2_plugin_names = self.make_block_plugins(

@@ -5,7 +5,7 @@ CBAM refines a feature map F (N, C, H, W) with a channel gate Mc (Eq. 2) and a s
 released with their ImageNet weights, so their checkpoints load through
 ``tools/convert_official_cbam.py``; every ablation of the paper's Tables 1-3 is one argument away.
 """
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -24,7 +24,8 @@ AUTHORS_SPATIAL_NORM = dict(type='BN', momentum=0.01, eps=1e-5)
 
 
 def _choice_error(name: str, value, valid: Sequence) -> ValueError:
-    return ValueError(f'CBAM: invalid {name}={value!r}; valid values: {", ".join(map(repr, valid))}')
+    valid_values = ', '.join(map(repr, valid))
+    return ValueError(f'CBAM: invalid {name}={value!r}; valid values: {valid_values}')
 
 
 class ChannelGate(BaseModule):
@@ -67,9 +68,9 @@ class SpatialGate(BaseModule):
     """Spatial attention Ms (Eq. 3): a k x k conv over a 2-D descriptor of the channels.
 
     The ``'pool'`` descriptor concatenates max and mean over channels in the authors' order
-    ``[max, mean]`` (the paper writes [avg; max]; the two differ only by a permutation of the conv's
-    input channels, and this order keeps the authors' weights usable). ``'conv'`` is Table 2's learned
-    1x1 conv from C channels to 1.
+    ``[max, mean]`` (the paper writes [avg; max]; the two differ only by a permutation of the
+    conv's input channels, and this order keeps the authors' weights usable). ``'conv'`` is
+    Table 2's learned 1x1 conv from C channels to 1.
 
     Args:
         channels (int): Channels C of the input.
@@ -215,6 +216,26 @@ class CBAM(BaseModule):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
         return 0.5 if self.arrangement == 'parallel' else 0.5**len(self.gates)
+
+    def attention(self, x: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """The attention maps applied to ``x``: channel (N, C, 1, 1) and spatial (N, 1, H, W).
+
+        A map is None when the arrangement has no such gate. In a sequential arrangement the
+        second gate sees the first one's output, as in ``forward``; for 'parallel' the two maps
+        are the sigmoids of the two parts of the applied map sigmoid(Mc + Ms).
+        """
+        if self.arrangement == 'parallel':
+            return (torch.sigmoid(self.channel_gate.logits(x)),
+                    torch.sigmoid(self.spatial_gate.logits(x)))
+        channel = spatial = None
+        for gate in self.gates:
+            att = torch.sigmoid(gate.logits(x))
+            x = x * att
+            if gate is self.channel_gate:
+                channel = att
+            else:
+                spatial = att
+        return channel, spatial
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, C, H, W)."""

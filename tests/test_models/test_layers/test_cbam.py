@@ -174,3 +174,23 @@ def test_channels_last_input():
     cbam = CBAM(32, ratio=4).eval()
     x = torch.randn(2, 32, 6, 8)
     torch.testing.assert_close(cbam(x.to(memory_format=torch.channels_last)), cbam(x))
+
+
+@pytest.mark.parametrize('arrangement', ['channel_first', 'spatial_first', 'parallel', 'channel',
+                                         'spatial'])
+def test_attention_returns_the_maps_forward_applies(arrangement):
+    cbam = CBAM(16, ratio=4, arrangement=arrangement)
+    cbam.init_weights()
+    cbam.eval()
+    x = torch.randn(2, 16, 5, 6)
+    channel, spatial = cbam.attention(x)
+    assert (channel is None) == (arrangement == 'spatial')
+    assert (spatial is None) == (arrangement == 'channel')
+    if arrangement == 'parallel':
+        expected = x * torch.sigmoid(torch.logit(channel) + torch.logit(spatial))
+    else:
+        expected = x * (1 if channel is None else channel) * (1 if spatial is None else spatial)
+    torch.testing.assert_close(cbam(x), expected)
+    for att, shape in [(channel, (2, 16, 1, 1)), (spatial, (2, 1, 5, 6))]:
+        if att is not None:
+            assert att.shape == shape and ((att > 0) & (att < 1)).all()

@@ -223,3 +223,16 @@ def test_without_start_from_parent_pretrained_features_are_attenuated(plain_resn
     ours, theirs = model(x)[-1], plain(x)[-1]
     assert all(0.0 < g < 0.5 for g in gains)
     assert (ours - theirs).norm() / theirs.norm() > 0.1
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_backbone_under_autocast_is_finite(dtype):
+    model = CBAMResNet(depth=18, norm_eval=False)
+    model.init_weights()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.autocast('cpu', dtype=dtype):
+        outs = model(x)
+    assert all(torch.isfinite(o).all() for o in outs)
+    sum(o.float().sum() for o in outs).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

@@ -7,14 +7,16 @@ The result loads with ``init_cfg=dict(type='Pretrained', checkpoint=DST)`` into
 ``weights_only=True`` (no pickled code runs) and DST is written atomically.
 """
 import argparse
+import io
 import os
 import re
 import sys
-import tempfile
 from collections import OrderedDict
 from typing import Dict, Optional, Tuple
 
 import torch
+
+from cbam_mmdet.utils import write_atomic
 
 # The authors' CBAM names -> ours (the rest of a torchvision-style ResNet is named alike).
 KEY_RENAMES = (
@@ -112,23 +114,6 @@ def convert(state: Dict[str, torch.Tensor], path: str,
     return found, OrderedDict((k, converted[k]) for k in expected)
 
 
-def save_atomic(obj, dst: str) -> None:
-    """Write ``obj`` to a temporary file beside ``dst`` and rename it: DST is complete or absent."""
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.pth', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('src', help="the authors' checkpoint, e.g. RESNET50_CBAM_new_name_wrap.pth")
@@ -146,9 +131,11 @@ def main(argv=None) -> int:
     except ConversionError as err:
         print(f'convert_official_cbam: error: {err}', file=sys.stderr)
         return 1
-    save_atomic({'state_dict': converted,
-                 'meta': dict(source=os.path.basename(args.src), arch=f'CBAMResNet-{depth}')},
-                args.dst)
+    buffer = io.BytesIO()
+    torch.save({'state_dict': converted,
+                'meta': dict(source=os.path.basename(args.src), arch=f'CBAMResNet-{depth}')},
+               buffer)
+    write_atomic(args.dst, buffer.getvalue())
     num_cbam = len({k.split('.cbam.')[0] for k in converted if '.cbam.' in k})
     num_params = sum(v.numel() for k, v in converted.items()
                      if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked')))

@@ -2,9 +2,11 @@
 import json
 import os
 import os.path as osp
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -81,6 +83,25 @@ def test_resume_continues_exactly(trained, synthetic, tmp_path):
                               for d in (str(tmp_path), trained))
     assert resumed['meta']['iter'] == uninterrupted['meta']['iter'] == 4
     assert resumed['state_dict'].keys() == uninterrupted['state_dict'].keys()
+    for key, value in uninterrupted['state_dict'].items():
+        assert torch.equal(resumed['state_dict'][key], value), key
+
+
+def test_sigkill_after_a_checkpoint_then_resume_matches_the_uninterrupted_run(
+        trained, synthetic, tmp_path):
+    args = [sys.executable, osp.join(TOOLS, 'train.py'), DEMO_CONFIG, '--work-dir',
+            str(tmp_path)] + data_options(synthetic, 4)
+    training = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    pointer, deadline = tmp_path / 'last_checkpoint', time.time() + 300
+    while not (pointer.exists() and pointer.read_text().strip().endswith('iter_2.pth')):
+        assert training.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    training.send_signal(signal.SIGKILL)
+    assert training.wait() == -signal.SIGKILL
+    run(args + ['--resume'])  # the latest checkpoint of the work dir
+    resumed, uninterrupted = (load_state(osp.join(d, 'iter_4.pth'))
+                              for d in (str(tmp_path), trained))
     for key, value in uninterrupted['state_dict'].items():
         assert torch.equal(resumed['state_dict'][key], value), key
 

@@ -25,11 +25,18 @@ METRICS = (('mAP', 'coco/bbox_mAP'), ('mAP@.5', 'coco/bbox_mAP_50'),
            ('mAP@.75', 'coco/bbox_mAP_75'))
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data-dir', default='data/synthetic')
     parser.add_argument('--work-dir', default='work_dirs/demo')
-    parser.add_argument('--max-iters', type=int,
+    parser.add_argument('--max-iters', type=positive_int,
                         help='shorter training for a quick check (the lr schedule is not rescaled)')
     return parser.parse_args(argv)
 

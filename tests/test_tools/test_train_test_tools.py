@@ -33,10 +33,12 @@ def synthetic(tmp_path_factory):
     return str(out)
 
 
-def data_options(synthetic, max_iters):
+def data_options(synthetic, max_iters, seed=None):
+    """Point the demo config at ``synthetic``; no seed (as mmdet's configs) unless given."""
     root = osp.join(synthetic, 'coco') + '/'
     ann = root + 'annotations/instances_val.json'
-    return ['--cfg-options', f'train_dataloader.dataset.data_root={root}',
+    return ['--cfg-options', f'randomness.seed={seed}',
+            f'train_dataloader.dataset.data_root={root}',
             f'val_dataloader.dataset.data_root={root}',
             f'test_dataloader.dataset.data_root={root}', f'val_evaluator.ann_file={ann}',
             f'test_evaluator.ann_file={ann}', 'train_dataloader.batch_size=2',
@@ -75,7 +77,9 @@ def glob_one(work_dir, suffix):
 
 
 def test_resume_continues_exactly(trained, synthetic, tmp_path):
-    """Resumed from iteration 2, the run ends at iteration 4 with the uninterrupted weights."""
+    """Resumed from iteration 2, the run ends at iteration 4 with the uninterrupted weights.
+
+    Neither run sets a seed: tools/train.py resumes with the seed the checkpoint recorded."""
     run([sys.executable, osp.join(TOOLS, 'train.py'), DEMO_CONFIG, '--work-dir',
          str(tmp_path), '--resume', osp.join(trained, 'iter_2.pth')] +
         data_options(synthetic, 4))
@@ -89,8 +93,9 @@ def test_resume_continues_exactly(trained, synthetic, tmp_path):
 
 def test_sigkill_after_a_checkpoint_then_resume_matches_the_uninterrupted_run(
         trained, synthetic, tmp_path):
+    seed = load_state(osp.join(trained, 'iter_2.pth'))['meta']['seed']  # the same run again
     args = [sys.executable, osp.join(TOOLS, 'train.py'), DEMO_CONFIG, '--work-dir',
-            str(tmp_path)] + data_options(synthetic, 4)
+            str(tmp_path)] + data_options(synthetic, 4, seed)
     training = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
     pointer, deadline = tmp_path / 'last_checkpoint', time.time() + 300
@@ -154,3 +159,13 @@ def test_amp_without_a_gpu_is_refused_with_the_reason():
     else:
         with pytest.raises(ValueError, match='--amp needs a GPU'):
             train.build_config(args)
+
+
+def test_demo_refuses_a_non_positive_iteration_count(capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('run_demo', osp.join(TOOLS, 'run_demo.py'))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    with pytest.raises(SystemExit):
+        demo.parse_args(['--max-iters', '0'])
+    assert '--max-iters: must be >= 1, got 0' in capsys.readouterr().err

@@ -2,6 +2,10 @@
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CHECKPOINT]] [--amp]
                           [--auto-scale-lr] [--cfg-options KEY=VALUE ...] [--launcher pytorch]
+                          [--no-dataset-check]
+
+Before the Runner is built, the first process checks the train and val datasets on disk
+(annotation files, image files; ``cbam_mmdet.datasets.checks``) and a ``--resume`` checkpoint.
 
 Distributed runs: tools/dist_train.sh CONFIG NUM_PROCESSES. On machines without CUDA the processes
 talk over gloo (NCCL needs GPUs).
@@ -16,6 +20,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner, find_latest_checkpoint
 
 import cbam_mmdet  # noqa: F401 - registers the components, makes checkpoints loadable
+from cbam_mmdet.datasets import check_datasets, is_first_process
+from cbam_mmdet.utils.pretrained import read_checkpoint
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +32,16 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--no-dataset-check', action='store_true',
+                        help='skip checking the annotation and image files before the run')
+
+
+def check_data(cfg: Config, args, splits) -> None:
+    """Check the datasets of ``splits`` on the first process (see --no-dataset-check)."""
+    if args.no_dataset_check or not is_first_process(cfg.launcher):
+        return
+    for line in check_datasets(cfg, splits):
+        print(f'dataset check: {line}', flush=True)
 
 
 def load_config(args) -> Config:
@@ -84,8 +100,17 @@ def build_config(args) -> Config:
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     if cfg.get('resume'):
+        check_resume_checkpoint(cfg)
         reuse_checkpoint_seed(cfg)
     return cfg
+
+
+def check_resume_checkpoint(cfg: Config) -> None:
+    """Refuse a missing or unreadable checkpoint to resume from before anything is built (an
+    explicit path must exist; without one, the latest checkpoint of work_dir if there is one)."""
+    path = cfg.get('load_from') or find_latest_checkpoint(cfg.work_dir)
+    if path:
+        read_checkpoint(path, mmap=True)
 
 
 def reuse_checkpoint_seed(cfg: Config) -> None:
@@ -98,8 +123,8 @@ def reuse_checkpoint_seed(cfg: Config) -> None:
     if cfg.get('randomness', {}).get('seed') is not None:
         return
     path = cfg.get('load_from') or find_latest_checkpoint(cfg.work_dir)
-    if path and osp.isfile(path):
-        meta = torch.load(path, map_location='cpu', mmap=True).get('meta', {})
+    if path:
+        meta = read_checkpoint(path, mmap=True).get('meta', {})
         if meta.get('seed') is not None:
             cfg.randomness = dict(cfg.get('randomness', {}), seed=meta['seed'])
 
@@ -109,7 +134,10 @@ def build_runner(cfg: Config) -> Runner:
 
 
 def main(argv=None) -> None:
-    build_runner(build_config(parse_args(argv))).train()
+    args = parse_args(argv)
+    cfg = build_config(args)
+    check_data(cfg, args, ('train', 'val'))
+    build_runner(cfg).train()
 
 
 if __name__ == '__main__':

@@ -86,7 +86,7 @@ def check_dataset(dataset_cfg: Mapping, split: str) -> str:
     name = getattr(cls, '__name__', str(dataset_type))
     if cls is None or not issubclass(cls, (CocoDataset, XMLDataset)):
         return f'{split}: {name}: not a COCO- or VOC-style dataset, not checked'
-    files = DatasetFiles(dataset_cfg, cls)
+    files = DatasetFiles(dataset_cfg, cls, split)
     if not files.local:
         return f'{split}: {name}: not on local storage, not checked'
     start = time.perf_counter()
@@ -103,8 +103,9 @@ def check_dataset(dataset_cfg: Mapping, split: str) -> str:
 class DatasetFiles:
     """The paths a dataset config resolves to, joined as mmengine's ``BaseDataset`` joins them."""
 
-    def __init__(self, cfg: Mapping, cls: type):
+    def __init__(self, cfg: Mapping, cls: type, split: str):
         self.cfg = cfg
+        self.split = split
         data_root = cfg.get('data_root') or ''
         self.local = not any('://' in str(p) for p in (data_root, cfg.get('ann_file', '')))
         self.ann_file = self.join(data_root, cfg.get('ann_file') or '')
@@ -186,15 +187,16 @@ class CocoCheck:
         add = self.problems.add
         if not osp.isfile(ann_file):
             add(f'annotation file {ann_file} does not exist. Check data_root and ann_file in '
-                f'the config (e.g. --cfg-options train_dataloader.dataset.data_root=...).')
+                f'the config (e.g. --cfg-options '
+                f'{self.files.split}_dataloader.dataset.data_root=...).')
             return None
         try:
             with open(ann_file, 'rb') as f:
                 coco = json.load(f)
         except json.JSONDecodeError as err:
             size = osp.getsize(ann_file)
-            add(f'annotation file {ann_file} is not valid JSON: {err.msg} at line {err.lineno} '
-                f'column {err.colno} (character {err.pos} of a {size}-byte file). It is damaged '
+            add(f'annotation file {ann_file} is not valid JSON: {err.msg} (line {err.lineno}, '
+                f'column {err.colno}; character {err.pos} of a {size}-byte file). It is damaged '
                 f'or truncated: download or extract it again.')
             return None
         except (OSError, UnicodeDecodeError) as err:
@@ -223,13 +225,14 @@ class CocoCheck:
                    for i, e in enumerate(coco[section])
                    if not isinstance(e, dict) or any(k not in e for k in keys)]
             problems.add_examples(
-                f'{section} entries in {ann_file} lack keys mmdet reads ({", ".join(keys)})',
+                f'entries of {section!r} in {ann_file} lack keys mmdet reads ({", ".join(keys)})',
                 bad, 'Fix or regenerate the annotation file.')
             entries_ok &= not bad
         bad_boxes = [f'#{i} bbox={a["bbox"]!r}' for i, a in enumerate(coco['annotations'])
                      if isinstance(a, dict) and 'bbox' in a and not is_box(a['bbox'])]
-        problems.add_examples(f'annotations in {ann_file} have a bbox that is not 4 numbers '
-                              f'[x, y, w, h]', bad_boxes, 'Fix or regenerate the annotation file.')
+        problems.add_examples(f'entries of \'annotations\' in {ann_file} have a bbox that is not '
+                              f'4 numbers [x, y, w, h]', bad_boxes,
+                              'Fix or regenerate the annotation file.')
         images = coco['images']
         problems.num_images = len(images)
         if not images:
@@ -298,7 +301,8 @@ class VOCCheck(CocoCheck):
     def __init__(self, files: DatasetFiles, cls: type):
         super().__init__(files, cls)
         self.sub_data_root = files.prefixes.get('sub_data_root', '')
-        defaults = inspect.signature(cls.__init__).parameters
+        from mmdet.datasets import XMLDataset  # subclasses (VOCDataset) take **kwargs
+        defaults = inspect.signature(XMLDataset.__init__).parameters
         self.img_subdir = files.cfg.get('img_subdir', defaults['img_subdir'].default)
         self.ann_subdir = files.cfg.get('ann_subdir', defaults['ann_subdir'].default)
         self.bad_xml: Dict[str, List[str]] = {}

@@ -5,6 +5,7 @@ import json
 import os.path as osp
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -86,7 +87,8 @@ def test_resume_from_the_work_dir_checks_its_latest_checkpoint(truncated_checkpo
 
 def test_train_tool_checks_the_datasets_before_the_runner(synthetic, tmp_path, monkeypatch):
     built = []
-    monkeypatch.setattr(train_tool, 'build_runner', built.append)
+    monkeypatch.setattr(train_tool, 'build_runner',
+                        lambda cfg: built.append(cfg) or SimpleNamespace(train=lambda: None))
     broken = tmp_path / 'no-data'
     with pytest.raises(DatasetError, match='instances_train.json does not exist'):
         train_tool.main([DEMO_CONFIG, '--work-dir', str(tmp_path)] + data_options(broken))
@@ -115,7 +117,8 @@ def test_test_tool_checks_the_test_dataset(synthetic, tmp_path):
     torch.save({'state_dict': {}}, str(checkpoint))
     (tmp_path / 'coco').mkdir()
     args = [DEMO_CONFIG, str(checkpoint), '--work-dir', str(tmp_path)] + data_options(tmp_path)
-    with pytest.raises(DatasetError, match='the test dataset .*instances_val.json does not exist'):
+    with pytest.raises(DatasetError, match=r'(?s)the test dataset .*instances_val.json does not '
+                                           r'exist.*test_dataloader.dataset.data_root'):
         test_tool.main(args)
 
 

@@ -195,14 +195,30 @@ def test_rendered_objects():
 
 
 @pytest.mark.parametrize('option, value', [
-    ('--size', '32'), ('--size', '4096'), ('--num-train', '0'), ('--num-val', '-1'),
-    ('--seed', '-1')])
+    ('--size', '32'), ('--size', '63'), ('--size', '2049'), ('--size', '4096'),
+    ('--num-train', '0'), ('--num-val', '0'), ('--num-val', '-1'), ('--seed', '-1')])
 def test_bad_arguments_are_refused(tmp_path, capsys, option, value):
     with pytest.raises(SystemExit) as exc:
         tool.main([str(tmp_path / 'data'), option, value])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert f'{option} must be' in err and f'got {value}' in err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('option, value', [('--size', '256.0'), ('--num-train', 'ten'),
+                                           ('--seed', '')])
+def test_non_integer_arguments_are_refused(tmp_path, capsys, option, value):
+    with pytest.raises(SystemExit) as exc:
+        tool.main([str(tmp_path / 'data'), option, value])
+    assert exc.value.code == 2
+    assert f'argument {option}: invalid int value: {value!r}' in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+
+
+def test_boundary_sizes_are_accepted(tmp_path):
+    assert tool.parse_args([str(tmp_path / 'a'), '--size', '64']).size == 64
+    assert tool.parse_args([str(tmp_path / 'b'), '--size', '2048']).size == 2048
     assert os.listdir(tmp_path) == []
 
 

@@ -220,10 +220,11 @@ class CocoCheck:
         entries_ok = True
         for section, keys in (('images', COCO_IMAGE_KEYS), ('annotations', COCO_ANNOTATION_KEYS),
                               ('categories', COCO_CATEGORY_KEYS)):
+            required = set(keys)
             bad = [f'#{i} {json.dumps(e)[:80]} lacks {", ".join(k for k in keys if k not in e)}'
                    if isinstance(e, dict) else f'#{i} is a {type(e).__name__}'
                    for i, e in enumerate(coco[section])
-                   if not isinstance(e, dict) or any(k not in e for k in keys)]
+                   if not isinstance(e, dict) or not required <= e.keys()]
             problems.add_examples(
                 f'entries of {section!r} in {ann_file} lack keys mmdet reads ({", ".join(keys)})',
                 bad, 'Fix or regenerate the annotation file.')
@@ -289,8 +290,8 @@ def large_enough(width: Optional[int], height: Optional[int], min_size: int) -> 
 
 
 def is_box(value) -> bool:
-    return (isinstance(value, (list, tuple)) and len(value) == 4
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+    """Four JSON numbers (not booleans); exact type checks, as this runs once per box."""
+    return type(value) is list and len(value) == 4 and all(type(v) in (int, float) for v in value)
 
 
 class VOCCheck(CocoCheck):

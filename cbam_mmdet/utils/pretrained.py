@@ -201,8 +201,9 @@ def check_pretrained_resnet(module: nn.Module, blocks: Iterable[nn.Module],
                     ('after_conv1_plugin_names', 'after_conv2_plugin_names',
                      'after_conv3_plugin_names') for name in getattr(block, attr, [])}
     for cfg in cfgs:
-        _check_one(os.path.expanduser(cfg['checkpoint']), cfg.get('prefix'), module, expected, plugin_names,
-                   stage_blocks, depth, bottleneck, start_from_parent)
+        path = os.path.expanduser(cfg['checkpoint'])
+        _check_one(path, cfg.get('prefix'), module, expected, plugin_names, stage_blocks, depth,
+                   bottleneck, start_from_parent)
 
 
 def _check_one(path, prefix, module, expected, plugin_names, stage_blocks, depth, bottleneck,
@@ -273,11 +274,11 @@ def _top_level(state: Mapping[str, torch.Tensor]) -> List[str]:
 def _foreign_checkpoint_problem(state, expected) -> str:
     """Why a checkpoint that shares no top-level key with the module does not fit it."""
     probe = next(k for k in expected if not k.endswith('num_batches_tracked'))
-    for key in state:
-        if key.endswith('.' + probe):
-            prefix = key[:-len(probe)]
-            return (f"has the module's weights under {prefix!r} (a whole detector or other "
-                    f"model): set prefix={prefix!r} in the Pretrained init_cfg")
+    prefixes = {key[:-len(probe)] for key in state if key.endswith('.' + probe)}
+    if prefixes:  # e.g. 'backbone.' rather than 'backbone.layer1.0.' for probe 'conv1.weight'
+        prefix = max(prefixes, key=lambda p: sum(p + k in state for k in expected))
+        return (f"has the module's weights under {prefix!r} (a whole detector or other "
+                f"model): set prefix={prefix!r} in the Pretrained init_cfg")
     return (f'is not a checkpoint of this architecture: none of its {len(state)} keys '
             f'({show_keys(sorted(state), 3)}) is a key of the model (e.g. '
             f'{show_keys(list(expected), 3)})')

@@ -131,10 +131,14 @@ def test_another_architecture_is_refused(tmp_path):
 
 
 def test_whole_detector_needs_the_backbone_prefix(tmp_path, r18_state):
-    state = {f'backbone.{k}': v for k, v in r18_state.items()}
+    # Stage keys first, so that keys like backbone.layer1.0.conv1.weight come before
+    # backbone.conv1.weight: the prefix must still be the one that fits all keys.
+    state = {f'backbone.{k}': v for k, v in sorted(r18_state.items(),
+                                                   key=lambda kv: not kv[0].startswith('layer'))}
     state['neck.lateral_convs.0.conv.weight'] = torch.zeros(256, 64, 1, 1)
     path = save_state(tmp_path / 'detector.pth', state)
     message = refuse(CBAMResNet(depth=18, init_cfg=pretrained(path)))
+    assert "has the module's weights under 'backbone.'" in message
     assert "set prefix='backbone.'" in message and str(path) in message
 
     backbone = init(CBAMResNet(depth=18, init_cfg=pretrained(path, prefix='backbone.')))

@@ -91,7 +91,7 @@ def check_dataset(dataset_cfg: Mapping, split: str) -> str:
         return f'{split}: {name}: not on local storage, not checked'
     start = time.perf_counter()
     checker = CocoCheck if issubclass(cls, CocoDataset) else VOCCheck
-    problems = checker(files, cls).run()
+    problems = checker(files).run()
     where = f'the {split} dataset ({name}, ann_file={files.ann_file})'
     if problems.lines:
         raise DatasetError(f'{where} cannot be used:\n' + '\n'.join(
@@ -116,7 +116,6 @@ class DatasetFiles:
         self.filter_cfg = None if self.test_mode else cfg.get('filter_cfg')
         metainfo = cfg.get('metainfo') or {}
         self.classes = tuple(metainfo.get('classes') or cls.METAINFO.get('classes', ()))
-        self.cls_name = cls.__name__
 
     @staticmethod
     def join(root: str, path: str) -> str:
@@ -172,7 +171,7 @@ def check_image_files(paths: Sequence[str], problems: Problems, listed_in: str) 
 class CocoCheck:
     """A COCO instances file as mmdet's ``CocoDataset`` reads it, and its images."""
 
-    def __init__(self, files: DatasetFiles, cls: type):
+    def __init__(self, files: DatasetFiles):
         self.files = files
         self.problems = Problems()
 
@@ -299,8 +298,8 @@ class VOCCheck(CocoCheck):
     images."""
     FIX = 'Fix or regenerate them.'
 
-    def __init__(self, files: DatasetFiles, cls: type):
-        super().__init__(files, cls)
+    def __init__(self, files: DatasetFiles):
+        super().__init__(files)
         self.sub_data_root = files.prefixes.get('sub_data_root', '')
         from mmdet.datasets import XMLDataset  # subclasses (VOCDataset) take **kwargs
         defaults = inspect.signature(XMLDataset.__init__).parameters

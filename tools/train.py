@@ -13,6 +13,7 @@ talk over gloo (NCCL needs GPUs).
 import argparse
 import os
 import os.path as osp
+from typing import Optional
 
 import torch
 from mmengine.config import Config, DictAction
@@ -100,33 +101,29 @@ def build_config(args) -> Config:
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     if cfg.get('resume'):
-        check_resume_checkpoint(cfg)
-        reuse_checkpoint_seed(cfg)
+        reuse_checkpoint_seed(cfg, resume_checkpoint(cfg))
     return cfg
 
 
-def check_resume_checkpoint(cfg: Config) -> None:
-    """Refuse a missing or unreadable checkpoint to resume from before anything is built (an
-    explicit path must exist; without one, the latest checkpoint of work_dir if there is one)."""
+def resume_checkpoint(cfg: Config) -> Optional[dict]:
+    """The checkpoint ``--resume`` will load (tensors mapped, not read), so that a missing or
+    unreadable one is refused before anything is built; None while work_dir has none."""
     path = cfg.get('load_from') or find_latest_checkpoint(cfg.work_dir)
-    if path:
-        read_checkpoint(path, mmap=True)
+    return read_checkpoint(path, mmap=True) if path else None
 
 
-def reuse_checkpoint_seed(cfg: Config) -> None:
+def reuse_checkpoint_seed(cfg: Config, checkpoint: Optional[dict]) -> None:
     """Resume with the seed of the run being resumed when the config sets none.
 
     mmengine builds the dataloader (sampler order, worker seeds) from the seed before it reads the
     checkpoint, and re-seeds everything afterwards when the seeds differ; an unset seed is drawn
     at random, so the resumed run would see other data and other random draws.
     """
-    if cfg.get('randomness', {}).get('seed') is not None:
+    if not isinstance(checkpoint, dict) or cfg.get('randomness', {}).get('seed') is not None:
         return
-    path = cfg.get('load_from') or find_latest_checkpoint(cfg.work_dir)
-    if path:
-        meta = read_checkpoint(path, mmap=True).get('meta', {})
-        if meta.get('seed') is not None:
-            cfg.randomness = dict(cfg.get('randomness', {}), seed=meta['seed'])
+    seed = checkpoint.get('meta', {}).get('seed')
+    if seed is not None:
+        cfg.randomness = dict(cfg.get('randomness', {}), seed=seed)
 
 
 def build_runner(cfg: Config) -> Runner:

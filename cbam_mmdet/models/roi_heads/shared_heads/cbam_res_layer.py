@@ -1,12 +1,11 @@
 """The stage-5 RoI head of a C4 Faster R-CNN, with CBAM in every block."""
+from mmdet.models.backbones.resnet import Bottleneck
 from mmdet.models.layers import ResLayer as ResBlocks
 from mmdet.models.roi_heads.shared_heads import ResLayer
 from mmdet.registry import MODELS
-from mmdet.models.backbones.resnet import Bottleneck
 from mmdet.utils import ConfigType
 
 from ....utils.pretrained import check_pretrained_resnet
-
 from ...backbones.cbam_resnet import (DEFAULT_CBAM_CFG, CBAMResNet, cbam_plugin,
                                       check_registered, mmdet_scope_if_unset,
                                       start_blocks_as_parent)

@@ -9,7 +9,6 @@ The result loads with ``init_cfg=dict(type='Pretrained', checkpoint=DST)`` into
 import argparse
 import io
 import os
-import re
 import sys
 from collections import OrderedDict
 from typing import Dict, Optional, Tuple
@@ -17,6 +16,9 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from cbam_mmdet.utils import write_atomic
+from cbam_mmdet.utils.pretrained import (CheckpointError, has_bottlenecks, read_checkpoint,
+                                         resnet_depth, resnet_stage_blocks, state_dict_mismatch,
+                                         state_dict_of)
 
 # The authors' CBAM names -> ours (the rest of a torchvision-style ResNet is named alike).
 KEY_RENAMES = (
@@ -26,45 +28,28 @@ KEY_RENAMES = (
     ('.cbam.SpatialGate.spatial.bn.', '.cbam.spatial_gate.spatial.bn.'),
 )
 DROPPED_PREFIXES = ('fc.', )  # the ImageNet classifier, not part of a detection backbone
-BLOCKS_TO_DEPTH = {(2, 2, 2, 2): 18, (3, 4, 6, 3): None, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
 
-
-class ConversionError(ValueError):
-    """The source is not a checkpoint this tool can convert; the message says why."""
+# Every refusal names the file and the problem (the shared checkpoint checks raise it too).
+ConversionError = CheckpointError
 
 
 def load_authors_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise ConversionError(f'{path}: no such file')
     try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # noqa: BLE001 - corrupt, truncated or hostile: all refused
-        raise ConversionError(
-            f'{path}: cannot be read as a weights-only PyTorch checkpoint ({err}). It is '
-            f'corrupt, truncated, or holds objects other than tensors (which are never '
-            f'unpickled here).') from err
-    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not state:
-        raise ConversionError(f'{path}: no state_dict found (expected a dict with a '
-                              f'"state_dict" of tensors, as the authors\' train script saves)')
+        state = state_dict_of(read_checkpoint(path), path)
+    except FileNotFoundError as err:
+        raise ConversionError(f'{path}: no such file') from err
     return OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
                        for k, v in state.items())
 
 
 def infer_depth(state: Dict[str, torch.Tensor], path: str) -> int:
-    blocks = []
-    for stage in range(1, 5):
-        ids = {int(m.group(1)) for k in state for m in [re.match(rf'layer{stage}\.(\d+)\.', k)]
-               if m}
-        if not ids:
-            raise ConversionError(f'{path}: not a ResNet checkpoint: no layer{stage}.* keys')
-        blocks.append(max(ids) + 1)
-    blocks = tuple(blocks)
-    if blocks not in BLOCKS_TO_DEPTH:
+    blocks = resnet_stage_blocks(state)
+    if len(blocks) < 4:
+        raise ConversionError(f'{path}: not a ResNet checkpoint: no layer{len(blocks) + 1}.* '
+                              f'keys')
+    depth = resnet_depth(blocks, has_bottlenecks(state))
+    if depth is None:
         raise ConversionError(f'{path}: blocks per stage {blocks} match no ResNet depth')
-    depth = BLOCKS_TO_DEPTH[blocks]
-    if depth is None:  # (3, 4, 6, 3): ResNet-34 has BasicBlocks, ResNet-50 Bottlenecks
-        depth = 50 if 'layer1.0.conv3.weight' in state else 34
     return depth
 
 
@@ -98,19 +83,10 @@ def convert(state: Dict[str, torch.Tensor], path: str,
             converted.setdefault(counter, torch.tensor(0, dtype=torch.long))
 
     expected = CBAMResNet(depth=found).state_dict()
-    missing = [k for k in expected if k not in converted]
-    unexpected = [k for k in converted if k not in expected]
-    wrong_shape = [f'{k}: {tuple(converted[k].shape)} != {tuple(v.shape)}'
-                   for k, v in expected.items() if k in converted and
-                   converted[k].shape != v.shape]
-    if missing or unexpected or wrong_shape:
-        def show(keys):
-            return ', '.join(keys[:5]) + (f' (+{len(keys) - 5} more)' if len(keys) > 5 else '')
-        problems = [f'missing {len(missing)} keys: {show(missing)}' if missing else '',
-                    f'unexpected {len(unexpected)} keys: {show(unexpected)}' if unexpected else '',
-                    f'wrong shapes: {show(wrong_shape)}' if wrong_shape else '']
+    problems = state_dict_mismatch(converted, expected)
+    if problems:
         raise ConversionError(f'{path}: not the authors\' CBAM ResNet-{found} layout: '
-                              + '; '.join(p for p in problems if p))
+                              + '; '.join(problems))
     return found, OrderedDict((k, converted[k]) for k in expected)
 
 

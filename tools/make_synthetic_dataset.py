@@ -27,10 +27,16 @@ COCO boxes are ``[x, y, w, h]`` in float pixels, tight around the shape's pixels
 right/bottom edge is ``x + w`` / ``y + h``); VOC boxes are the same boxes as 1-based inclusive
 integer pixel coordinates. The dataset is written into a temporary sibling of OUT_DIR and renamed
 into place at the end, so OUT_DIR is either complete or absent.
+
+The tool only ever replaces its own datasets: it refuses an empty OUT_DIR, the current directory or
+any of its parents (however spelled: ``..``, symlinks), and an existing directory holding anything
+it does not write (anything but ``classes.txt``, ``coco/`` and ``VOCdevkit/`` in the layout above),
+with or without ``--overwrite``.
 """
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -50,6 +56,20 @@ MIN_VISIBLE_FRAC = 0.4
 MIN_COLOUR_DISTANCE = 90.0
 JPEG_QUALITY = 95
 SIZE_RANGE = (64, 2048)
+
+# Everything the tool writes into OUT_DIR (relative paths, '/'-separated): an existing OUT_DIR
+# holding anything else is not one of its datasets and is never replaced.
+OWN_DIRS = frozenset({
+    'coco', 'coco/train', 'coco/val', 'coco/annotations', 'VOCdevkit', 'VOCdevkit/VOC2007',
+    'VOCdevkit/VOC2007/JPEGImages', 'VOCdevkit/VOC2007/Annotations',
+    'VOCdevkit/VOC2007/ImageSets', 'VOCdevkit/VOC2007/ImageSets/Main'})
+OWN_FILES = re.compile(
+    r'classes\.txt'
+    r'|coco/(train|val)/\1_\d+\.jpg'
+    r'|coco/annotations/instances_(train|val)\.json'
+    r'|VOCdevkit/VOC2007/JPEGImages/(train|val)_\d+\.jpg'
+    r'|VOCdevkit/VOC2007/Annotations/(train|val)_\d+\.xml'
+    r'|VOCdevkit/VOC2007/ImageSets/Main/(train|val|trainval|test)\.txt')
 
 
 class ImageRecord(NamedTuple):
@@ -263,6 +283,50 @@ def move_into_place(tmp_dir: str, out_dir: str) -> None:
         shutil.rmtree(old_dir, ignore_errors=True)
 
 
+def foreign_entries(out_dir: str) -> List[str]:
+    """Relative paths of everything under ``out_dir`` that this tool does not write (symlinks
+    included, whatever they point to), sorted; a foreign directory is listed, not entered."""
+    foreign = []
+    for dirpath, dirnames, filenames in os.walk(out_dir):
+        rel_dir = os.path.relpath(dirpath, out_dir)
+        for name in list(dirnames):
+            rel = name if rel_dir == '.' else f'{rel_dir}/{name}'
+            if rel not in OWN_DIRS or os.path.islink(os.path.join(dirpath, name)):
+                foreign.append(f'{rel}/')
+                dirnames.remove(name)
+        for name in filenames:
+            rel = name if rel_dir == '.' else f'{rel_dir}/{name}'
+            if not OWN_FILES.fullmatch(rel) or os.path.islink(os.path.join(dirpath, name)):
+                foreign.append(rel)
+    return sorted(foreign)
+
+
+def check_out_dir(parser: argparse.ArgumentParser, out_dir: str, overwrite: bool) -> str:
+    """Refuse an ``out_dir`` the tool must not replace; return its resolved absolute path."""
+    if not out_dir.strip():
+        parser.error('OUT_DIR is empty; give the directory to create, e.g. data/synthetic')
+    resolved = os.path.realpath(out_dir)
+    cwd = os.path.realpath(os.getcwd())
+    if os.path.commonpath([resolved, cwd]) == resolved:
+        parser.error(f'OUT_DIR {out_dir!r} is the current directory or one of its parents '
+                     f'({resolved}); give a new directory for the dataset, e.g. data/synthetic')
+    if not os.path.lexists(resolved):
+        return resolved
+    if not os.path.isdir(resolved):
+        parser.error(f'OUT_DIR {out_dir} exists and is not a directory')
+    foreign = foreign_entries(resolved)
+    if foreign:
+        shown = ', '.join(foreign[:5]) + (f' and {len(foreign) - 5} more'
+                                          if len(foreign) > 5 else '')
+        parser.error(f'OUT_DIR {out_dir} holds files this tool did not write ({shown}); it only '
+                     f'replaces its own datasets (classes.txt, coco/, VOCdevkit/), even with '
+                     f'--overwrite: choose a new directory')
+    if os.listdir(resolved) and not overwrite:
+        parser.error(f'OUT_DIR {out_dir} already exists and is not empty; '
+                     f'pass --overwrite to replace it')
+    return resolved
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Write a deterministic synthetic detection dataset (circle, square, '
@@ -277,7 +341,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help=f'image side in pixels ({SIZE_RANGE[0]}..{SIZE_RANGE[1]}, '
                              f'default 256)')
     parser.add_argument('--overwrite', action='store_true',
-                        help='replace OUT_DIR if it exists and is not empty')
+                        help='replace OUT_DIR if it holds a dataset written by this tool')
     args = parser.parse_args(argv)
     for option, value, minimum in (('--seed', args.seed, 0), ('--num-train', args.num_train, 1),
                                    ('--num-val', args.num_val, 1)):
@@ -286,18 +350,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if not SIZE_RANGE[0] <= args.size <= SIZE_RANGE[1]:
         parser.error(f'--size must be between {SIZE_RANGE[0]} and {SIZE_RANGE[1]}, '
                      f'got {args.size}')
-    if os.path.exists(args.out_dir):
-        if not os.path.isdir(args.out_dir):
-            parser.error(f'OUT_DIR {args.out_dir} exists and is not a directory')
-        if os.listdir(args.out_dir) and not args.overwrite:
-            parser.error(f'OUT_DIR {args.out_dir} already exists and is not empty; '
-                         f'pass --overwrite to replace it')
+    args.out_dir = check_out_dir(parser, args.out_dir, args.overwrite)
     return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    out_dir = os.path.abspath(args.out_dir)
+    out_dir = args.out_dir
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=f'{os.path.basename(out_dir)}.tmp-', dir=parent)

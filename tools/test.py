@@ -4,7 +4,9 @@
                          [--metrics-json metrics.json] [--cfg-options KEY=VALUE ...]
                          [--launcher pytorch]
 
-The checkpoint is loaded with torch's weights_only protection on (see README).
+The checkpoint is loaded with torch's weights_only protection on (see README); a missing or
+unreadable checkpoint and a bad test dataset are refused before the Runner is built
+(``--no-dataset-check`` skips the dataset check).
 """
 import argparse
 import json
@@ -16,7 +18,9 @@ from mmengine.config import Config
 import cbam_mmdet  # noqa: F401 - registers the components, makes checkpoints loadable
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from train import add_runner_args, build_runner, load_config  # noqa: E402
+from train import add_runner_args, build_runner, check_data, load_config  # noqa: E402
+
+from cbam_mmdet.utils.pretrained import read_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -31,8 +35,7 @@ def parse_args(argv=None):
 
 
 def build_config(args) -> Config:
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
+    read_checkpoint(args.checkpoint, mmap=True)
     cfg = load_config(args)
     cfg.load_from = args.checkpoint
     return cfg
@@ -40,7 +43,9 @@ def build_config(args) -> Config:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    runner = build_runner(build_config(args))
+    cfg = build_config(args)
+    check_data(cfg, args, ('test', ))
+    runner = build_runner(cfg)
     if args.out:
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))

@@ -2,6 +2,10 @@
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CHECKPOINT]] [--amp]
                           [--auto-scale-lr] [--cfg-options KEY=VALUE ...] [--launcher pytorch]
+                          [--no-dataset-check]
+
+Before the Runner is built, the first process checks the train and val datasets on disk
+(annotation files, image files; ``cbam_mmdet.datasets.checks``) and a ``--resume`` checkpoint.
 
 Distributed runs: tools/dist_train.sh CONFIG NUM_PROCESSES. On machines without CUDA the processes
 talk over gloo (NCCL needs GPUs).
@@ -9,6 +13,7 @@ talk over gloo (NCCL needs GPUs).
 import argparse
 import os
 import os.path as osp
+from typing import Optional
 
 import torch
 from mmengine.config import Config, DictAction
@@ -16,6 +21,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner, find_latest_checkpoint
 
 import cbam_mmdet  # noqa: F401 - registers the components, makes checkpoints loadable
+from cbam_mmdet.datasets import check_datasets, is_first_process
+from cbam_mmdet.utils.pretrained import read_checkpoint
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +33,16 @@ def add_runner_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--no-dataset-check', action='store_true',
+                        help='skip checking the annotation and image files before the run')
+
+
+def check_data(cfg: Config, args, splits) -> None:
+    """Check the datasets of ``splits`` on the first process (see --no-dataset-check)."""
+    if args.no_dataset_check or not is_first_process(cfg.launcher):
+        return
+    for line in check_datasets(cfg, splits):
+        print(f'dataset check: {line}', flush=True)
 
 
 def load_config(args) -> Config:
@@ -84,24 +101,29 @@ def build_config(args) -> Config:
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     if cfg.get('resume'):
-        reuse_checkpoint_seed(cfg)
+        reuse_checkpoint_seed(cfg, resume_checkpoint(cfg))
     return cfg
 
 
-def reuse_checkpoint_seed(cfg: Config) -> None:
+def resume_checkpoint(cfg: Config) -> Optional[dict]:
+    """The checkpoint ``--resume`` will load (tensors mapped, not read), so that a missing or
+    unreadable one is refused before anything is built; None while work_dir has none."""
+    path = cfg.get('load_from') or find_latest_checkpoint(cfg.work_dir)
+    return read_checkpoint(path, mmap=True) if path else None
+
+
+def reuse_checkpoint_seed(cfg: Config, checkpoint: Optional[dict]) -> None:
     """Resume with the seed of the run being resumed when the config sets none.
 
     mmengine builds the dataloader (sampler order, worker seeds) from the seed before it reads the
     checkpoint, and re-seeds everything afterwards when the seeds differ; an unset seed is drawn
     at random, so the resumed run would see other data and other random draws.
     """
-    if cfg.get('randomness', {}).get('seed') is not None:
+    if not isinstance(checkpoint, dict) or cfg.get('randomness', {}).get('seed') is not None:
         return
-    path = cfg.get('load_from') or find_latest_checkpoint(cfg.work_dir)
-    if path and osp.isfile(path):
-        meta = torch.load(path, map_location='cpu', mmap=True).get('meta', {})
-        if meta.get('seed') is not None:
-            cfg.randomness = dict(cfg.get('randomness', {}), seed=meta['seed'])
+    seed = checkpoint.get('meta', {}).get('seed')
+    if seed is not None:
+        cfg.randomness = dict(cfg.get('randomness', {}), seed=seed)
 
 
 def build_runner(cfg: Config) -> Runner:
@@ -109,7 +131,10 @@ def build_runner(cfg: Config) -> Runner:
 
 
 def main(argv=None) -> None:
-    build_runner(build_config(parse_args(argv))).train()
+    args = parse_args(argv)
+    cfg = build_config(args)
+    check_data(cfg, args, ('train', 'val'))
+    build_runner(cfg).train()
 
 
 if __name__ == '__main__':

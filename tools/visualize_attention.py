@@ -32,6 +32,7 @@ from mmengine.utils import ProgressBar
 
 import cbam_mmdet  # noqa: F401 - registers the components
 from cbam_mmdet.models import CBAM
+from cbam_mmdet.utils.pretrained import CheckpointError, read_checkpoint
 from mmdet.apis import init_detector
 from mmdet.utils import get_test_pipeline_cfg
 
@@ -59,6 +60,12 @@ def parse_args(argv=None):
     for path in [args.checkpoint, args.baseline_checkpoint, *args.inputs]:
         if path is not None and not osp.isfile(path):
             parser.error(f'no such file: {path}')
+    for path in [args.checkpoint, args.baseline_checkpoint]:
+        if path is not None:
+            try:
+                read_checkpoint(path, mmap=True)
+            except CheckpointError as err:
+                parser.error(str(err))
     return args
 
 

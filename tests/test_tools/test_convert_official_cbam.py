@@ -101,8 +101,8 @@ def write_truncated(path, authors_src):
 @pytest.mark.parametrize('case,args,message', [
     ('missing', [], 'no such file'),
     ('plain', [], 'not a CBAM ResNet'),
-    ('truncated', [], 'cannot be read'),
-    ('hostile', [], 'cannot be read'),
+    ('truncated', [], 'is truncated, corrupt or not a PyTorch checkpoint'),
+    ('hostile', [], 'refused by the weights-only loader'),
     ('wrong-depth', ['--depth', '101'], 'holds a ResNet-50'),
     ('not-a-resnet', [], 'no layer1'),
 ])

@@ -1,6 +1,8 @@
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -193,8 +195,8 @@ def test_rendered_objects():
 
 
 @pytest.mark.parametrize('option, value', [
-    ('--size', '32'), ('--size', '4096'), ('--num-train', '0'), ('--num-val', '-1'),
-    ('--seed', '-1')])
+    ('--size', '32'), ('--size', '63'), ('--size', '2049'), ('--size', '4096'),
+    ('--num-train', '0'), ('--num-val', '0'), ('--num-val', '-1'), ('--seed', '-1')])
 def test_bad_arguments_are_refused(tmp_path, capsys, option, value):
     with pytest.raises(SystemExit) as exc:
         tool.main([str(tmp_path / 'data'), option, value])
@@ -204,19 +206,135 @@ def test_bad_arguments_are_refused(tmp_path, capsys, option, value):
     assert os.listdir(tmp_path) == []
 
 
-def test_existing_output_needs_overwrite(tmp_path, capsys):
-    out = tmp_path / 'data'
-    out.mkdir()
-    (out / 'keep.txt').write_text('precious')
+@pytest.mark.parametrize('option, value', [('--size', '256.0'), ('--num-train', 'ten'),
+                                           ('--seed', '')])
+def test_non_integer_arguments_are_refused(tmp_path, capsys, option, value):
     with pytest.raises(SystemExit) as exc:
-        tool.main([str(out), *SMALL_ARGS])
+        tool.main([str(tmp_path / 'data'), option, value])
     assert exc.value.code == 2
-    assert 'already exists and is not empty' in capsys.readouterr().err
-    assert os.listdir(out) == ['keep.txt'] and os.listdir(tmp_path) == ['data']
+    assert f'argument {option}: invalid int value: {value!r}' in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
 
-    generate(out, '--overwrite')
-    assert not (out / 'keep.txt').exists() and (out / 'classes.txt').exists()
+
+def test_boundary_sizes_are_accepted(tmp_path):
+    assert tool.parse_args([str(tmp_path / 'a'), '--size', '64']).size == 64
+    assert tool.parse_args([str(tmp_path / 'b'), '--size', '2048']).size == 2048
+    assert os.listdir(tmp_path) == []
+
+
+def refused(capsys, *argv):
+    """Run the tool in-process, expect argparse's refusal, return its message."""
+    with pytest.raises(SystemExit) as exc:
+        tool.main([*argv, *SMALL_ARGS])
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_own_dataset_is_replaced_only_with_overwrite(tmp_path, capsys):
+    out = generate(tmp_path / 'data', '--seed', '1')
+    before = read_tree(out)
+    assert 'already exists and is not empty; pass --overwrite' in refused(capsys, str(out))
+    assert read_tree(out) == before
+
+    generate(out, '--overwrite', '--num-val', '1')
+    after = read_tree(out)
+    assert after != before and 'coco/val/val_000002.jpg' not in after
     assert os.listdir(tmp_path) == ['data']
+
+
+@pytest.mark.parametrize('foreign', [
+    'keep.txt', 'coco/notes.txt', 'coco/train/train_000001.png', 'coco/train/val_000001.jpg',
+    'VOCdevkit/VOC2012/Annotations/a.xml', 'VOCdevkit/VOC2007/ImageSets/Main/mine.txt',
+    'checkpoints/model.pth'])
+def test_directory_with_foreign_files_is_never_replaced(tmp_path, capsys, foreign):
+    out = generate(tmp_path / 'data')
+    path = out / foreign
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('precious')
+    before = read_tree(out)
+    for extra in ([], ['--overwrite']):
+        err = refused(capsys, str(out), *extra)
+        assert 'holds files this tool did not write' in err
+        assert foreign.split('/')[0] in err and 'choose a new directory' in err
+    assert read_tree(out) == before and os.listdir(tmp_path) == ['data']
+
+
+def test_symlink_inside_the_dataset_is_foreign(tmp_path, capsys):
+    out = generate(tmp_path / 'data')
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    (elsewhere / 'precious.txt').write_text('precious')
+    os.symlink(elsewhere, out / 'coco' / 'extra')
+    assert 'coco/extra/' in refused(capsys, str(out), '--overwrite')
+    assert (elsewhere / 'precious.txt').read_text() == 'precious'
+    assert (out / 'coco' / 'extra').is_symlink()
+
+
+def test_out_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / 'data').write_text('precious')
+    assert 'exists and is not a directory' in refused(capsys, str(tmp_path / 'data'),
+                                                      '--overwrite')
+    assert (tmp_path / 'data').read_text() == 'precious'
+
+
+def test_symlinked_out_dir_replaces_the_dataset_it_points_to(tmp_path):
+    real = generate(tmp_path / 'real', '--seed', '1')
+    link = tmp_path / 'link'
+    os.symlink(real, link)
+    generate(link, '--overwrite')
+    assert link.is_symlink() and os.path.realpath(link) == str(real)
+    assert read_tree(real) == read_tree(generate(tmp_path / 'fresh'))
+
+
+@pytest.fixture
+def populated_cwd(tmp_path, monkeypatch):
+    """A working directory deep inside tmp_path holding a marker file, with a marker in each
+    parent up to tmp_path / 'a'; returns the markers."""
+    cwd = tmp_path / 'a' / 'b' / 'work'
+    cwd.mkdir(parents=True)
+    markers = [cwd / 'marker.txt', tmp_path / 'a' / 'b' / 'marker.txt',
+               tmp_path / 'a' / 'marker.txt']
+    for marker in markers:
+        marker.write_text('precious')
+    monkeypatch.chdir(cwd)
+    return markers
+
+
+def check_markers(markers):
+    assert all(marker.read_text() == 'precious' for marker in markers)
+
+
+@pytest.mark.parametrize('overwrite', [False, True])
+def test_empty_out_dir_is_refused_in_a_subprocess(populated_cwd, overwrite):
+    # The command that once replaced a whole repository: an empty OUT_DIR from its root.
+    result = subprocess.run(
+        [sys.executable, os.path.abspath(TOOL), '', *SMALL_ARGS,
+         *(['--overwrite'] if overwrite else [])],
+        cwd=populated_cwd[0].parent, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert 'OUT_DIR is empty' in result.stderr
+    check_markers(populated_cwd)
+    assert os.listdir(populated_cwd[0].parent) == ['marker.txt']
+
+
+@pytest.mark.parametrize('out_dir', ['', '  ', '.', './', '..', '../..', 'sub/../..',
+                                     'link_to_cwd', 'link_to_parent', 'CWD', 'PARENT'])
+def test_current_directory_and_its_parents_are_refused(populated_cwd, capsys, out_dir):
+    cwd = populated_cwd[0].parent
+    os.symlink(cwd, cwd / 'link_to_cwd')
+    os.symlink(cwd.parent.parent, cwd / 'link_to_parent')
+    out_dir = dict(CWD=str(cwd), PARENT=str(cwd.parent)).get(out_dir, out_dir)
+    err = refused(capsys, out_dir, '--overwrite')
+    assert ('OUT_DIR is empty' in err if not out_dir.strip()
+            else 'is the current directory or one of its parents' in err)
+    check_markers(populated_cwd)
+    assert sorted(os.listdir(cwd)) == ['link_to_cwd', 'link_to_parent', 'marker.txt']
+
+
+def test_new_directory_below_the_current_one_is_fine(populated_cwd):
+    generate('data')
+    assert os.path.isfile('data/classes.txt')
+    check_markers(populated_cwd)
 
 
 def test_empty_existing_output_is_used(tmp_path):
@@ -239,10 +357,9 @@ def test_failure_while_writing_leaves_nothing_behind(tmp_path, monkeypatch, targ
 
 
 def test_failed_overwrite_keeps_the_old_dataset(tmp_path, monkeypatch):
-    out = tmp_path / 'data'
-    out.mkdir()
-    (out / 'keep.txt').write_text('precious')
+    out = generate(tmp_path / 'data', '--seed', '1')
+    before = read_tree(out)
     monkeypatch.setattr(tool.json, 'dump', fail)
     with pytest.raises(OSError, match='disk full'):
         tool.main([str(out), *SMALL_ARGS, '--overwrite'])
-    assert os.listdir(tmp_path) == ['data'] and os.listdir(out) == ['keep.txt']
+    assert os.listdir(tmp_path) == ['data'] and read_tree(out) == before

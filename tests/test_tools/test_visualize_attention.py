@@ -72,3 +72,13 @@ def test_bad_arguments_are_refused(image, tmp_path, capsys):
     with pytest.raises(SystemExit):
         visualize.main([CBAM_CONFIG, str(tmp_path / 'missing.jpg'), '--out-dir', str(tmp_path)])
     assert 'no such file' in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_is_refused_by_name(image, tmp_path, capsys):
+    checkpoint = tmp_path / 'model.pth'
+    checkpoint.write_bytes(b'PK\x03\x04 truncated download')
+    with pytest.raises(SystemExit):
+        visualize.main([CBAM_CONFIG, str(checkpoint), image, '--out-dir', str(tmp_path / 'out')])
+    err = capsys.readouterr().err
+    assert f'checkpoint {checkpoint}: is truncated, corrupt or not a PyTorch checkpoint' in err
+    assert not (tmp_path / 'out').exists()

@@ -11,6 +11,8 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
 
+from ...utils.pretrained import check_pretrained_resnet
+
 DEFAULT_CBAM_CFG = dict(type='CBAM')
 
 
@@ -28,12 +30,7 @@ class CBAMBasicBlock(BasicBlock):
     def __init__(self, inplanes: int, planes: int, plugins: Optional[list] = None, **kwargs):
         super().__init__(inplanes, planes, **kwargs)
         plugins = plugins or []
-        for plugin in plugins:
-            if plugin['position'] not in self.plugin_positions:
-                raise ValueError(
-                    f'CBAMBasicBlock: plugin position {plugin["position"]!r} is not supported; '
-                    f'valid positions: {self.plugin_positions} (Bottleneck depths 50/101/152 '
-                    f'also accept after_conv3)')
+        check_plugin_positions(type(self).__name__, plugins, type(self))
         self.after_conv1_plugin_names = self.make_block_plugins(
             planes, [p['cfg'] for p in plugins if p['position'] == 'after_conv1'])
         self.after_conv2_plugin_names = self.make_block_plugins(
@@ -54,6 +51,54 @@ class CBAMBasicBlock(BasicBlock):
         else:
             out = _inner_forward(x)
         return self.relu(out)
+
+
+# mmdet's Bottleneck only asserts its plugin positions; these are the ones it handles.
+BOTTLENECK_PLUGIN_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
+
+
+def plugin_positions(block: type) -> Sequence[str]:
+    return getattr(block, 'plugin_positions', BOTTLENECK_PLUGIN_POSITIONS)
+
+
+def check_plugin_positions(owner: str, plugins: Sequence[dict], block: type) -> None:
+    valid = plugin_positions(block)
+    for plugin in plugins:
+        if plugin['position'] not in valid:
+            raise ValueError(
+                f'{owner}: plugin position {plugin["position"]!r} is not supported by its '
+                f'{block.__name__} blocks; valid positions: {", ".join(valid)}')
+
+
+def check_registered(owner: str, what: str, cfg) -> None:
+    """A KeyError naming an unregistered module type (mmcv's own says 'Cannot find None')."""
+    module_type = cfg.get('type') if isinstance(cfg, dict) else None
+    if not isinstance(module_type, str):
+        if not isinstance(module_type, type):
+            raise ValueError(f'{owner}: {what} needs a config dict with a "type", got {cfg!r}')
+        return
+    with mmdet_scope_if_unset():
+        if MODELS.get(module_type) is None:
+            raise KeyError(
+                f'{owner}: {what} type {module_type!r} is not registered in mmdet\'s MODELS '
+                f'registry; check the spelling, or import the package that registers it '
+                f'(custom_imports). Attention modules here: \'CBAM\' (cbam_mmdet), '
+                f'\'ContextBlock\', \'GeneralizedAttention\', \'NonLocal2d\' (mmcv)')
+
+
+def check_plugins(owner: str, plugins: Sequence[dict], block: type, num_stages: int) -> None:
+    """What mmdet's ResNet only asserts (or fails on with a bare KeyError) about ``plugins``."""
+    for index, plugin in enumerate(plugins):
+        if not isinstance(plugin, dict) or 'cfg' not in plugin or 'position' not in plugin:
+            raise ValueError(
+                f'{owner}: plugins[{index}] needs "cfg" and "position" keys, got {plugin!r}; '
+                f'e.g. dict(cfg=dict(type=\'CBAM\'), position=\'{plugin_positions(block)[-1]}\')')
+        stages = plugin.get('stages')
+        if stages is not None and len(stages) != num_stages:
+            raise ValueError(f'{owner}: plugins[{index}]["stages"] needs one bool per stage '
+                             f'({num_stages}), got {tuple(stages)}')
+        check_registered(owner, f'plugins[{index}]', plugin['cfg'])
+    check_plugin_positions(owner, plugins, block)
 
 
 def mmdet_scope_if_unset():
@@ -135,7 +180,9 @@ class CBAMBackboneMixin:
                              f'got {tuple(cbam_stages)}')
         block = self.arch_settings[depth][0]
         plugins = list(plugins or [])
+        check_plugins(name, plugins, block, num_stages)
         if cbam_cfg is not None:
+            check_registered(name, 'cbam_cfg', cbam_cfg)
             plugins.append(cbam_plugin(block, cbam_cfg, cbam_stages))
         with mmdet_scope_if_unset():
             super().__init__(
@@ -155,6 +202,10 @@ class CBAMBackboneMixin:
 
     def init_weights(self) -> None:
         first_call = not self.is_init
+        if first_call:
+            check_pretrained_resnet(
+                self, self.blocks(), dict(enumerate(self.stage_blocks)), self.depth,
+                issubclass(self.block, Bottleneck), self.start_from_parent)
         super().init_weights()
         if self.start_from_parent and first_call:
             start_blocks_as_parent(self.blocks())

@@ -1,11 +1,14 @@
 """The stage-5 RoI head of a C4 Faster R-CNN, with CBAM in every block."""
+from mmdet.models.backbones.resnet import Bottleneck
 from mmdet.models.layers import ResLayer as ResBlocks
 from mmdet.models.roi_heads.shared_heads import ResLayer
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
 
+from ....utils.pretrained import check_pretrained_resnet
 from ...backbones.cbam_resnet import (DEFAULT_CBAM_CFG, CBAMResNet, cbam_plugin,
-                                      mmdet_scope_if_unset, start_blocks_as_parent)
+                                      check_registered, mmdet_scope_if_unset,
+                                      start_blocks_as_parent)
 
 
 @MODELS.register_module()
@@ -38,6 +41,7 @@ class CBAMResLayer(ResLayer):
         if depth not in CBAMResNet.arch_settings:
             raise ValueError(f'CBAMResLayer: invalid depth={depth!r}; valid depths: '
                              f'{sorted(CBAMResNet.arch_settings)}')
+        check_registered('CBAMResLayer', 'cbam_cfg', cbam_cfg)
         super().__init__(depth, stage=stage, stride=stride, dilation=dilation, style=style,
                          with_cp=with_cp, dcn=dcn, **kwargs)
         # Rebuild the stage mmdet just built, now with CBAM (its ResLayer takes no plugins).
@@ -49,10 +53,17 @@ class CBAMResLayer(ResLayer):
                                norm_cfg=self.norm_cfg, dcn=dcn,
                                plugins=[cbam_plugin(block, cbam_cfg)])
         self.add_module(f'layer{stage + 1}', blocks)
+        self.depth = depth
         self.start_from_parent = start_from_parent
 
     def init_weights(self) -> None:
         first_call = not self.is_init
+        if first_call:
+            block, stage_blocks = CBAMResNet.arch_settings[self.depth]
+            check_pretrained_resnet(
+                self, getattr(self, f'layer{self.stage + 1}'),
+                {self.stage: stage_blocks[self.stage]}, self.depth,
+                issubclass(block, Bottleneck), self.start_from_parent)
         super().init_weights()
         if self.start_from_parent and first_call:
             start_blocks_as_parent(getattr(self, f'layer{self.stage + 1}'))

@@ -11,7 +11,8 @@ MOBILENET_SSD = dict(type='MobileNetSSDAnchorGenerator', strides=[16, 30, 60, 10
 
 def sizes(anchors):
     """(w, h) of each anchor, rounded."""
-    return sorted((round(float(x2 - x1), 2), round(float(y2 - y1), 2)) for x1, y1, x2, y2 in anchors)
+    return sorted((round(float(x2 - x1), 2), round(float(y2 - y1), 2))
+                  for x1, y1, x2, y2 in anchors)
 
 
 def test_mobilenet_ssd_anchors():

@@ -49,7 +49,11 @@ def test_gradients_reach_every_parameter(attention, use_depthwise):
     # A narrow copy of the VGG layout at 300x300 (sides 38, 19, 10, 5, 3, 1).
     neck = build_neck(dict(VGG, in_channels=(16, 32), out_channels=(16, 32, 16, 16, 16, 16)),
                       feat_channels=64, use_depthwise=use_depthwise, attention=attention)
-    neck.train()  # PyTorch's default init: no zero-initialised layer blocks a gradient
+    neck.init_weights()
+    for cbam in neck.attentions:
+        if getattr(cbam, 'spatial_gate', None):  # init zeroes its BN weight: the conv would get 0
+            torch.nn.init.constant_(cbam.spatial_gate.spatial.norm.weight, 0.5)
+    neck.train()
     inputs = (torch.rand(2, 16, 38, 38), torch.rand(2, 32, 19, 19))
     outs = neck(inputs)
     sum((o * torch.randn_like(o)).sum() for o in outs).backward()

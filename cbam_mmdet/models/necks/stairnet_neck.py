@@ -1,4 +1,5 @@
-"""StairNet's top-down semantic aggregation on SSD300 (paper Sect. 4.3, Table 8)."""
+"""StairNet's top-down semantic aggregation on SSD300, with attention before the heads (paper
+Sect. 4.6, Table 8)."""
 from typing import List, Optional, Sequence, Tuple
 
 import torch.nn as nn

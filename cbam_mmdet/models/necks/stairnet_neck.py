@@ -152,7 +152,7 @@ def build_attention(cfg: OptConfigType, channels: int) -> nn.Module:
     """``cfg`` built with ``in_channels=channels``; ``nn.Identity`` for None."""
     if cfg is None:
         return nn.Identity()
-    if MODELS.get(cfg['type']) is None:
+    if isinstance(cfg['type'], str) and MODELS.get(cfg['type']) is None:
         raise KeyError(f'StairNetNeck: attention type {cfg["type"]!r} is not registered in '
                        f'mmdet\'s MODELS (is its package in custom_imports?); valid configs: '
                        f'{ATTENTION_EXAMPLES}, or any registered module that takes in_channels')

@@ -32,6 +32,16 @@ def test_output_shapes_at_300(layout, source_sides, sides, channels):
     assert sum(isinstance(m, CBAM) for m in neck.modules()) == 6
 
 
+def test_any_input_size_ssd_accepts():
+    # A narrow MobileNet layout on a 320x200 image: sides (20, 13), (10, 7), (5, 4), (3, 2),
+    # (2, 1), (1, 1); the top-down path retraces them exactly.
+    neck = build_neck(dict(MOBILENET, in_channels=(16, 32), out_channels=(16, 32, 16, 8, 8, 8)),
+                      feat_channels=8)
+    sides = [(20, 13), (10, 7), (5, 4), (3, 2), (2, 1), (1, 1)]
+    outs = neck((torch.rand(2, 16, 20, 13), torch.rand(2, 32, 10, 7)))
+    assert [tuple(o.shape) for o in outs] == [(2, 8, h, w) for h, w in sides]
+
+
 def test_depthwise_variant_layers():
     neck = build_neck(MOBILENET)
     assert all(up.groups == 128 for up in neck.upsamples)

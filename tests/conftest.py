@@ -1,4 +1,6 @@
 import os
+import os.path as osp
+import subprocess
 import sys
 
 import pytest
@@ -12,6 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = osp.join(REPO_ROOT, 'tools')
 
 
 @pytest.fixture(autouse=True, scope='session')
@@ -22,3 +25,20 @@ def mmdet_scope():
 @pytest.fixture
 def repo_root():
     return REPO_ROOT
+
+
+def run(args, timeout=600, env=None):
+    """Run a tool from the repository root; fail the test with its output if it fails."""
+    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                            env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope='session')
+def synthetic(tmp_path_factory):
+    """A small synthetic dataset (COCO and VOC layouts) made by tools/make_synthetic_dataset.py."""
+    out = tmp_path_factory.mktemp('data') / 'synthetic'
+    run([sys.executable, osp.join(TOOLS, 'make_synthetic_dataset.py'), str(out),
+         '--num-train', '8', '--num-val', '4'])
+    return str(out)

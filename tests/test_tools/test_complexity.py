@@ -43,3 +43,12 @@ def test_config_numbers_match_direct_counts(tmp_path, monkeypatch):
     assert 'faster-rcnn_r18-cbam_fpn_300i_synthetic.py' in markdown
     assert '| ResNet18 + CBAM | 11.78M | 11.78M | 1.815 | 1.815 |' in markdown
     assert (tmp_path / 'complexity.json').exists()
+
+
+def test_single_stage_detectors_have_no_roi_count(tmp_path):
+    config = osp.join(REPO_ROOT, 'configs', 'stairnet', 'stairnet300_mobilenetv1_250e_voc0712.py')
+    row = complexity.main([config, '--out-dir', str(tmp_path), '--no-table4'])['configs'][0]
+    assert row['params'] == 5997817 and row['input'] == '300x300' and row['rois'] is None
+    assert row['total'] > row['features'] > 0  # the heads are counted in the total only
+    assert '| `stairnet300_mobilenetv1_250e_voc0712.py` | 6.00M | 300x300 | 1.2 | 1.2 |' in (
+        tmp_path / 'complexity.md').read_text()

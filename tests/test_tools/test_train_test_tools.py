@@ -11,26 +11,10 @@ import time
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, TOOLS, run
 
-TOOLS = osp.join(REPO_ROOT, 'tools')
 DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo',
                        'faster-rcnn_r18-cbam_fpn_300i_synthetic.py')
-
-
-def run(args, timeout=600, env=None):
-    result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
-                            env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
-@pytest.fixture(scope='module')
-def synthetic(tmp_path_factory):
-    out = tmp_path_factory.mktemp('data') / 'synthetic'
-    run([sys.executable, osp.join(TOOLS, 'make_synthetic_dataset.py'), str(out),
-         '--num-train', '8', '--num-val', '4'])
-    return str(out)
 
 
 def data_options(synthetic, max_iters, seed=None):

@@ -1,0 +1,3 @@
+from .stairnet_neck import SizeMatchedConvTranspose2d, StairNetNeck
+
+__all__ = ['SizeMatchedConvTranspose2d', 'StairNetNeck']

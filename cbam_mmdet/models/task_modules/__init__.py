@@ -1,0 +1,3 @@
+from .mobilenet_ssd_anchor_generator import MobileNetSSDAnchorGenerator
+
+__all__ = ['MobileNetSSDAnchorGenerator']

@@ -1,0 +1,5 @@
+# StairNet MobileNet with SE (channel attention from average pooling, r = 16) on each fused map,
+# right before its detection head (paper Table 8). 6.01M parameters (paper: 5.99M).
+_base_ = './stairnet300_mobilenetv1_250e_voc0712.py'
+
+model = dict(neck=dict(attention=dict(type='CBAM', arrangement='channel', pool_types=('avg', ))))

@@ -15,6 +15,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = osp.join(REPO_ROOT, 'tools')
+DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'faster-rcnn_r18-cbam_fpn_300i_synthetic.py')
 
 
 @pytest.fixture(autouse=True, scope='session')
@@ -42,3 +43,17 @@ def synthetic(tmp_path_factory):
     run([sys.executable, osp.join(TOOLS, 'make_synthetic_dataset.py'), str(out),
          '--num-train', '8', '--num-val', '4'])
     return str(out)
+
+
+
+def data_options(synthetic, max_iters=2, seed=None):
+    """Point the demo config at ``synthetic``; no seed (as mmdet's configs) unless given."""
+    root = osp.join(synthetic, 'coco') + '/'
+    ann = root + 'annotations/instances_val.json'
+    return ['--cfg-options', f'randomness.seed={seed}',
+            f'train_dataloader.dataset.data_root={root}',
+            f'val_dataloader.dataset.data_root={root}',
+            f'test_dataloader.dataset.data_root={root}', f'val_evaluator.ann_file={ann}',
+            f'test_evaluator.ann_file={ann}', 'train_dataloader.batch_size=2',
+            f'train_cfg.max_iters={max_iters}', f'train_cfg.val_interval={max_iters}',
+            'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1']

@@ -12,10 +12,7 @@ import torch
 
 from cbam_mmdet.datasets import DatasetError
 from cbam_mmdet.utils.pretrained import CheckpointError
-from conftest import REPO_ROOT
-
-TOOLS = osp.join(REPO_ROOT, 'tools')
-DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'faster-rcnn_r18-cbam_fpn_300i_synthetic.py')
+from conftest import DEMO_CONFIG, REPO_ROOT, TOOLS, data_options
 
 
 def load_tool(name):
@@ -26,24 +23,6 @@ def load_tool(name):
 
 
 train_tool, test_tool = load_tool('train'), load_tool('test')
-
-
-@pytest.fixture(scope='module')
-def synthetic(tmp_path_factory):
-    make = load_tool('make_synthetic_dataset')
-    out = tmp_path_factory.mktemp('data') / 'synthetic'
-    assert make.main([str(out), '--num-train', '6', '--num-val', '4', '--size', '128']) == 0
-    return out
-
-
-def data_options(root, max_iters=2):
-    coco = f'{root}/coco/'
-    ann = f'{coco}annotations/instances_val.json'
-    return ['--cfg-options', f'train_dataloader.dataset.data_root={coco}',
-            f'val_dataloader.dataset.data_root={coco}', f'test_dataloader.dataset.data_root={coco}',
-            f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}',
-            'train_dataloader.batch_size=2', f'train_cfg.max_iters={max_iters}',
-            f'train_cfg.val_interval={max_iters}', 'default_hooks.logger.interval=1']
 
 
 @pytest.fixture
@@ -127,7 +106,7 @@ def test_images_without_objects_train_and_validate(synthetic, tmp_path):
     keeps and scores them."""
     data = tmp_path / 'synthetic'
     subprocess.run(['cp', '-r', str(synthetic), str(data)], check=True)
-    for split, keep_from in (('train', 4), ('val', 3)):
+    for split, keep_from in (('train', 5), ('val', 3)):
         ann = data / 'coco' / 'annotations' / f'instances_{split}.json'
         coco = json.loads(ann.read_text())
         coco['annotations'] = [a for a in coco['annotations'] if a['image_id'] >= keep_from]
@@ -138,7 +117,7 @@ def test_images_without_objects_train_and_validate(synthetic, tmp_path):
         + data_options(data), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'dataset check: train: CocoDataset' in result.stdout
-    assert '6 images, 3 used' in result.stdout and '4 images, 4 used' in result.stdout
+    assert '8 images, 4 used' in result.stdout and '4 images, 4 used' in result.stdout
     scalars = [json.loads(line) for line in
                open(next(work_dir.glob('*/vis_data/scalars.json')))]
     assert [s['iter'] for s in scalars if 'loss' in s] == [1, 2]

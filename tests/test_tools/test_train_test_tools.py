@@ -11,24 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO_ROOT, TOOLS, run
-
-DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo',
-                       'faster-rcnn_r18-cbam_fpn_300i_synthetic.py')
-
-
-def data_options(synthetic, max_iters, seed=None):
-    """Point the demo config at ``synthetic``; no seed (as mmdet's configs) unless given."""
-    root = osp.join(synthetic, 'coco') + '/'
-    ann = root + 'annotations/instances_val.json'
-    return ['--cfg-options', f'randomness.seed={seed}',
-            f'train_dataloader.dataset.data_root={root}',
-            f'val_dataloader.dataset.data_root={root}',
-            f'test_dataloader.dataset.data_root={root}', f'val_evaluator.ann_file={ann}',
-            f'test_evaluator.ann_file={ann}', 'train_dataloader.batch_size=2',
-            f'train_cfg.max_iters={max_iters}', f'train_cfg.val_interval={max_iters}',
-            'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1']
-
+from conftest import DEMO_CONFIG, REPO_ROOT, TOOLS, data_options, run
 
 @pytest.fixture(scope='module')
 def trained(synthetic, tmp_path_factory):

@@ -2,6 +2,7 @@
 Sect. 4.6, Table 8)."""
 from typing import List, Optional, Sequence, Tuple
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule, DepthwiseSeparableConvModule, build_norm_layer
@@ -9,6 +10,7 @@ from mmengine.model import BaseModule
 from torch import Tensor
 
 from mmdet.models.necks import SSDNeck
+from mmdet.models.necks.ssd_neck import L2Norm
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
 
@@ -31,6 +33,33 @@ def upsampling_geometry(coarse: int, fine: int) -> Tuple[int, int, int]:
     raise ValueError(f'StairNetNeck: cannot upsample a side of {coarse} to {fine} with a 3x3 '
                      f'transposed conv; the finer side must be 2x-1, 2x or x+2 for a coarser '
                      f'side x, as between consecutive SSD levels')
+
+
+def smallest_last_source_side(level_strides: Sequence[int], level_paddings: Sequence[int],
+                               last_kernel_size: int) -> int:
+    """Smallest side of the last source that ``SSDNeck``'s extra layers (3x3 convs, the last
+    ``last_kernel_size``) shrink to a side of at least 1 at every level, e.g. 17 for SSD300's
+    VGG16 extras (17 -> 9 -> 5 -> 3 -> 1) and 1 for MobileNet-SSD's."""
+    kernels = [3] * (len(level_strides) - 1) + [last_kernel_size]
+    side = 1
+    for stride, padding, kernel in reversed(list(zip(level_strides, level_paddings, kernels))):
+        side = max(1, (side - 1) * stride + kernel - 2 * padding)
+    return side
+
+
+class ZeroSafeL2Norm(L2Norm):
+    """mmdet's ``L2Norm`` with a finite gradient at an all-zero pixel.
+
+    mmdet's computes the norm as ``x.pow(2).sum(1).sqrt()``, whose backward at a pixel that is 0
+    in every channel is 0 * inf = NaN, which then reaches the backbone. ``vector_norm``'s backward
+    is 0 there; the output is the same.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, C, H, W), computed in float32 as mmdet's."""
+        x_float = x.float()
+        norm = torch.linalg.vector_norm(x_float, dim=1, keepdim=True) + self.eps
+        return (self.weight[None, :, None, None].float() * x_float / norm).type_as(x)
 
 
 class SizeMatchedConvTranspose2d(nn.ConvTranspose2d):
@@ -122,6 +151,10 @@ class StairNetNeck(BaseModule):
         self.ssd_neck = SSDNeck(in_channels, out_channels, level_strides, level_paddings,
                                 l2_norm_scale=l2_norm_scale, last_kernel_size=last_kernel_size,
                                 conv_cfg=conv_cfg, norm_cfg=norm_cfg, act_cfg=act_cfg)
+        if l2_norm_scale:
+            self.ssd_neck.l2_norm = ZeroSafeL2Norm(in_channels[0], l2_norm_scale)
+        self.smallest_last_source_side = smallest_last_source_side(
+            level_strides, level_paddings, last_kernel_size)
         self.laterals = nn.ModuleList(
             ConvModule(channels, feat_channels, 1, norm_cfg=topdown_norm_cfg, act_cfg=None)
             for channels in out_channels)
@@ -138,6 +171,7 @@ class StairNetNeck(BaseModule):
 
     def forward(self, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
         """Backbone sources -> ``len(out_channels)`` maps of ``feat_channels``, fine to coarse."""
+        self._check_last_source_size(inputs[-1])
         laterals = [lateral(feat) for lateral, feat in zip(self.laterals, self.ssd_neck(inputs))]
         fused: List[Tensor] = [laterals[-1]]
         for lateral, upsample, norm in zip(laterals[-2::-1], self.upsamples[::-1],
@@ -146,6 +180,18 @@ class StairNetNeck(BaseModule):
         return tuple(
             attention(post_fusion(feat))
             for feat, post_fusion, attention in zip(fused, self.post_fusions, self.attentions))
+
+    def _check_last_source_size(self, last_source: Tensor) -> None:
+        # Too small a map fails deep inside an extra layer's conv with torch's "Kernel size can't
+        # be greater than actual input size", which names neither the source nor the fix.
+        height, width = (int(side) for side in last_source.shape[-2:])
+        if min(height, width) < self.smallest_last_source_side:
+            raise ValueError(
+                f'StairNetNeck: the last source is {height}x{width}, but SSD\'s extra layers '
+                f'need a side of at least {self.smallest_last_source_side} to give every level '
+                f'a map (SSD300\'s VGG16 gives 19x19 at 300x300); use larger input images, or '
+                f'extra layers that shrink less (level_strides, level_paddings, '
+                f'last_kernel_size)')
 
 
 def build_attention(cfg: OptConfigType, channels: int) -> nn.Module:

@@ -3,6 +3,7 @@ import torch
 
 from cbam_mmdet.models import CBAM, SizeMatchedConvTranspose2d
 from cbam_mmdet.models.necks.stairnet_neck import upsampling_geometry
+from mmdet.models.necks.ssd_neck import L2Norm
 from mmdet.registry import MODELS
 
 SE = dict(type='CBAM', arrangement='channel', pool_types=('avg', ))
@@ -99,3 +100,18 @@ def test_upsampling_geometry_matches_stairnet(coarse, fine, geometry):
 def test_unreachable_size_is_refused():
     with pytest.raises(ValueError, match='side of 1 to 4'):
         upsampling_geometry(1, 4)
+
+
+def test_l2norm_is_mmdets_with_a_finite_gradient_at_an_all_zero_pixel():
+    neck = build_neck(dict(VGG, in_channels=(16, 32), out_channels=(16, 32, 16, 16, 16, 16)))
+    neck.init_weights()
+    ours = neck.ssd_neck.l2_norm
+    assert torch.equal(ours.weight, torch.full((16, ), 20.))  # SSDNeck's init reaches it
+    mmdet_l2_norm = L2Norm(16, 20.)
+    mmdet_l2_norm.load_state_dict(ours.state_dict())
+    x = torch.rand(2, 16, 5, 5)
+    x[1, :, 2, 3] = 0  # e.g. a ReLU map that is off in every channel there
+    torch.testing.assert_close(ours(x), mmdet_l2_norm(x))
+    x.requires_grad_()
+    (ours(x) * torch.randn(2, 16, 5, 5)).sum().backward()
+    assert torch.isfinite(x.grad).all()

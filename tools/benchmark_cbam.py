@@ -34,6 +34,7 @@ from typing import Callable, Dict, List
 
 import torch
 import torch.nn as nn
+from mmengine.logging import MMLogger
 
 from cbam_mmdet.models.backbones.cbam_resnet import CBAMResNet, mmdet_scope_if_unset
 from cbam_mmdet.models.layers.cbam import CBAM
@@ -60,6 +61,8 @@ def parse_args(argv=None):
     parser.add_argument('--dtypes', nargs='+', default=['fp32'], choices=list(DTYPES))
     parser.add_argument('--reps', type=int, default=7, help='interleaved repetitions')
     parser.add_argument('--iters', type=int, default=3, help='timed calls per variant and rep')
+    parser.add_argument('--scopes', nargs='+', default=['module', 'backbone'],
+                        choices=['module', 'backbone'])
     parser.add_argument('--module-shape', type=int, nargs=4, default=(2, 256, 96, 128))
     parser.add_argument('--backbone-shape', type=int, nargs=4, default=(1, 3, 320, 448))
     parser.add_argument('--depth', type=int, default=50, help='backbone depth')
@@ -83,9 +86,20 @@ class AmaxCBAM(nn.Module):
         return x * torch.sigmoid(self.cbam.spatial_gate.spatial(desc))
 
 
+def quiet_init(init_weights: Callable) -> None:
+    """Call ``init_weights`` without mmengine's per-parameter report."""
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        init_weights()
+    finally:
+        logger.setLevel(level)
+
+
 def build_module_variants(channels: int) -> Dict[str, nn.Module]:
     fused = CBAM(channels)
-    fused.init_weights()
+    quiet_init(fused.init_weights)
     nn.init.normal_(fused.spatial_gate.spatial.norm.weight)  # a trained-like, non-constant Ms
     eager = CBAM(channels, fused=False)
     eager.load_state_dict(fused.state_dict())
@@ -98,9 +112,9 @@ def build_backbone_variants(depth: int) -> Dict[str, nn.Module]:
         fused = CBAMResNet(**common)
         eager = CBAMResNet(cbam_cfg=dict(type='CBAM', fused=False), **common)
         plain = ResNet(**common)
-    fused.init_weights()
+    quiet_init(fused.init_weights)
     eager.load_state_dict(fused.state_dict())
-    plain.init_weights()
+    quiet_init(plain.init_weights)
     return dict(fused=fused, eager=eager, plain=plain)
 
 
@@ -251,17 +265,19 @@ def plot(rows: List[dict], path: str) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    logging.getLogger('mmengine').setLevel(logging.WARNING)  # no per-parameter init report
     device = torch.device(args.device)
     if device.type == 'cpu':
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    rows = benchmark('module', {k: v.to(device) for k, v in
-                                build_module_variants(args.module_shape[1]).items()},
-                     args.module_shape, args, device)
-    rows += benchmark('backbone', {k: v.to(device) for k, v in
-                                   build_backbone_variants(args.depth).items()},
-                      args.backbone_shape, args, device)
+    rows = []
+    if 'module' in args.scopes:
+        variants = build_module_variants(args.module_shape[1])
+        rows += benchmark('module', {k: v.to(device) for k, v in variants.items()},
+                          args.module_shape, args, device)
+    if 'backbone' in args.scopes:
+        variants = build_backbone_variants(args.depth)
+        rows += benchmark('backbone', {k: v.to(device) for k, v in variants.items()},
+                          args.backbone_shape, args, device)
     result = dict(
         device=torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name(),
         device_type=device.type, threads=torch.get_num_threads(), torch=torch.__version__,

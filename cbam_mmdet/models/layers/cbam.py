@@ -258,7 +258,8 @@ class CBAM(BaseModule):
         then keeps ``x`` (kept by the norm anyway) instead of the normalised map."""
         fusable_norm = (type(norm) is nn.BatchNorm2d and norm.affine and norm.track_running_stats
                         and not (norm._forward_hooks or norm._forward_pre_hooks))
-        hooked = self._forward_hooks or self._forward_pre_hooks  # hooks must see CBAM's input
+        # Hooks and a replaced ``forward`` (tools, tests) must see CBAM's own input.
+        hooked = self._forward_hooks or self._forward_pre_hooks or 'forward' in vars(self)
         if fusable_norm and not hooked and self._use_fused(x):
             return fused_cbam(x, self, norm)
         return self(norm(x))

@@ -214,12 +214,14 @@ class FusedCBAMFunction(torch.autograd.Function):
             grad_flat.scatter_add_(2, pixel_of_max[:, :, None], grad_max[:, :, None])
 
         norm_grads = []
-        if norm is not None:
-            grad_in, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+        if norm is not None:  # the norm's input gradient goes into the recomputed map's buffer
+            needed = [norm_weight.requires_grad, norm_bias.requires_grad]
+            norm_grads = [torch.empty_like(norm_weight), torch.empty_like(norm_bias)]
+            grad_in = torch.ops.aten.native_batch_norm_backward.out(
                 grad_in, inp, norm_weight, norm.running_mean, norm.running_var, mean, invstd,
-                ctx.norm_training, norm.eps,
-                [True, norm_weight.requires_grad, norm_bias.requires_grad])
-            norm_grads = [grad_weight, grad_bias]
+                ctx.norm_training, norm.eps, [True] + needed, out0=x, out1=norm_grads[0],
+                out2=norm_grads[1])[0]
+            norm_grads = [g if need else None for g, need in zip(norm_grads, needed)]
         # cbam.parameters() lists the channel gate's parameters first, then the spatial gate's.
         return (grad_in, None, None, *norm_grads, *channel_grads, *spatial_grads)
 

@@ -203,6 +203,7 @@ def benchmark(scope: str, variants: Dict[str, nn.Module], shape, args, device) -
         first = {name: first_call_ms(m, x, dtype) for name, m in variants.items()}
         memory = {name: peak_train_bytes(m, x, dtype) for name, m in variants.items()}
         for mode in MODES:
+            print(f'timing {scope} {dtype_name} {mode} ...', flush=True)
             steps = {name: make_step(m, x, mode, dtype) for name, m in variants.items()}
             times = time_interleaved(steps, device, args.reps, args.iters)
             row = dict(scope=scope, dtype=dtype_name, mode=mode, reference=reference,

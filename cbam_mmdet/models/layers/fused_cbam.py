@@ -10,8 +10,9 @@ spatial descriptor (the authors' layout) as follows:
   and the channel mean of y as a channel-weighted mean of F, ``bmm(Mc, F) / C``; no ``cat`` of
   full-size maps, no max-with-indices (10x slower than ``amax`` on CPU).
 * Max pooling routes its gradient to the first maximum, as the authors' ``max_pool2d`` and
-  ``torch.max``; the first maximum is found in two cheap steps: ``amax`` over row/channel blocks,
-  then ``argmax`` over the small block-max tensor and inside the one selected block.
+  ``torch.max``; in training the first maximum is found in two cheap steps: ``amax`` over rows
+  (spatial) or blocks of 16 channels, then a search in the small row/block-max tensor and in the
+  one selected row/block.
 * Only the input and small tensors (Mc, Ms, first-max indices) are saved. Backward recomputes
   what it needs: dL/dMs and dL/dMc are batched matrix products with g * F, the input gradient is
   two fused multiply-adds plus scatters for the max-pooling routes.
@@ -89,9 +90,10 @@ def _batch_norm_forward(norm: nn.BatchNorm2d, z: Tensor) -> Tuple[Tensor, Tensor
 
 
 def _cbam_forward(x: Tensor, channel_mlp: nn.Module, pool_types: Sequence[str],
-                  spatial_net: nn.Module, with_grad: bool):
+                  spatial_net: nn.Module, with_grad: bool, x_is_temporary: bool = False):
     """Forward of the fused CBAM. Without ``with_grad`` it returns the output only; with it, also
-    what backward needs: small autograd graphs of the gates and first-max indices."""
+    what backward needs: small autograd graphs of the gates and first-max indices. A temporary
+    ``x`` (the fused norm's output) becomes the output in place."""
     n, c, h, w = x.shape
     flat = x.reshape(n, c, h * w)
     descriptors, pixel_of_max = [], None
@@ -107,12 +109,12 @@ def _cbam_forward(x: Tensor, channel_mlp: nn.Module, pool_types: Sequence[str],
         leaves = [d.detach().requires_grad_(with_grad) for d in descriptors]
         channel_att = torch.sigmoid(channel_mlp(torch.stack(leaves)).sum(0))  # (N, C)
     ca = channel_att.detach()
-    y = x * ca[:, :, None, None]
+    smean = torch.bmm(ca[:, None, :].to(flat.dtype), flat).div_(c)  # mean over C of y
+    y = x.mul_(ca[:, :, None, None]) if x_is_temporary else x * ca[:, :, None, None]
     if with_grad:
         smax, channel_of_max = _first_argmax_channels(y.reshape(n, c, h * w))
     else:
         smax, channel_of_max = y.amax(1), None
-    smean = torch.bmm(ca[:, None, :].to(flat.dtype), flat).div_(c)  # mean over C of y
     with torch.set_grad_enabled(with_grad):
         smax = smax.reshape(n, 1, h, w).detach().requires_grad_(with_grad)
         smean = smean.reshape(n, 1, h, w).detach().requires_grad_(with_grad)
@@ -150,7 +152,8 @@ class FusedCBAMFunction(torch.autograd.Function):
         x, mean, invstd = (inp, None, None) if norm is None else _batch_norm_forward(norm, inp)
         channel_gate, spatial_gate = cbam.channel_gate, cbam.spatial_gate
         out, ca, sa, pixel_of_max, channel_of_max, graphs = _cbam_forward(
-            x, channel_gate.mlp, channel_gate.pool_types, spatial_gate.spatial, True)
+            x, channel_gate.mlp, channel_gate.pool_types, spatial_gate.spatial, True,
+            x_is_temporary=norm is not None)
         ctx.save_for_backward(inp, ca, sa, pixel_of_max, channel_of_max, mean, invstd)
         ctx.graphs = graphs
         ctx.cbam, ctx.norm = cbam, norm
@@ -219,7 +222,7 @@ class FusedCBAMFunction(torch.autograd.Function):
             norm_grads = [torch.empty_like(norm_weight), torch.empty_like(norm_bias)]
             grad_in = torch.ops.aten.native_batch_norm_backward.out(
                 grad_in, inp, norm_weight, norm.running_mean, norm.running_var, mean, invstd,
-                ctx.norm_training, norm.eps, [True] + needed, out0=x, out1=norm_grads[0],
+                ctx.norm_training, norm.eps, [True, True, True], out0=x, out1=norm_grads[0],
                 out2=norm_grads[1])[0]
             norm_grads = [g if need else None for g, need in zip(norm_grads, needed)]
         # cbam.parameters() lists the channel gate's parameters first, then the spatial gate's.
@@ -237,4 +240,5 @@ def fused_cbam(inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d] = No
         return FusedCBAMFunction.apply(inp, cbam, norm, *params)
     x = inp if norm is None else _batch_norm_forward(norm, inp)[0]
     gate = cbam.channel_gate
-    return _cbam_forward(x, gate.mlp, gate.pool_types, cbam.spatial_gate.spatial, False)
+    return _cbam_forward(x, gate.mlp, gate.pool_types, cbam.spatial_gate.spatial, False,
+                         x_is_temporary=norm is not None)

@@ -128,6 +128,10 @@ def _cbam_forward(x: Tensor, channel_mlp: nn.Module, pool_types: Sequence[str],
     return out, ca, spatial_att.detach(), pixel_of_max, channel_of_max, graphs
 
 
+def _keep(tensor: Tensor) -> Tensor:
+    return tensor
+
+
 def _small_grads(output: Tensor, grad: Tensor, inputs: List[Tensor],
                  params: List[nn.Parameter]) -> Tuple[List[Tensor], List[Optional[Tensor]]]:
     """Gradients of a gate's small graph w.r.t. its inputs and its trainable parameters."""
@@ -151,9 +155,12 @@ class FusedCBAMFunction(torch.autograd.Function):
     def forward(ctx, inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d], *params):
         x, mean, invstd = (inp, None, None) if norm is None else _batch_norm_forward(norm, inp)
         channel_gate, spatial_gate = cbam.channel_gate, cbam.spatial_gate
-        out, ca, sa, pixel_of_max, channel_of_max, graphs = _cbam_forward(
-            x, channel_gate.mlp, channel_gate.pool_types, spatial_gate.spatial, True,
-            x_is_temporary=norm is not None)
+        # The gates' small graphs keep their tensors as they are: saved-tensor hooks (e.g.
+        # non-reentrant checkpointing) would rerun the whole block for each nested backward.
+        with torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
+            out, ca, sa, pixel_of_max, channel_of_max, graphs = _cbam_forward(
+                x, channel_gate.mlp, channel_gate.pool_types, spatial_gate.spatial, True,
+                x_is_temporary=norm is not None)
         ctx.save_for_backward(inp, ca, sa, pixel_of_max, channel_of_max, mean, invstd)
         ctx.graphs = graphs
         ctx.cbam, ctx.norm = cbam, norm

@@ -220,6 +220,7 @@ def backbone_pair(cls, **kwargs):
 
 @pytest.mark.parametrize('cls,kwargs', [
     (CBAMResNet, dict(depth=18)),
+    (CBAMResNet, dict(depth=18, with_cp=True)),  # non-reentrant checkpointing
     (CBAMResNet, dict(depth=50)),
     (CBAMResNet, dict(depth=50, with_cp=True)),
     (CBAMResNeXt, dict(depth=50, groups=4, base_width=4)),

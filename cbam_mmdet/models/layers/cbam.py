@@ -249,7 +249,8 @@ class CBAM(BaseModule):
 
     def _use_fused(self, x: Tensor) -> bool:
         # Tracers, scripting and compilers (FLOP counters among them) see the eager ops.
-        return (self.fused and x.dim() == 4 and x.is_floating_point()
+        dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+        return (self.fused and x.dim() == 4 and x.is_floating_point() and dense
                 and not torch.is_autocast_enabled(x.device.type) and not torch.jit.is_tracing()
                 and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
 

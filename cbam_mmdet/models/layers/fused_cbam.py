@@ -26,7 +26,8 @@ spatial descriptor (the authors' layout) as follows:
 
 ``CBAM`` uses its eager ops instead (the reference, ``CBAM(..., fused=False)``) for the other
 arrangements and the 'conv' descriptor, under autocast, under tracing/scripting/``torch.compile``
-(so FLOP counters see the ops), and for non floating-point inputs.
+(so FLOP counters see the ops), and for inputs that are not floating point or neither NCHW- nor
+NHWC-contiguous.
 """
 from typing import List, Optional, Sequence, Tuple
 

@@ -193,6 +193,7 @@ def test_eager_fallbacks():
                     dict(arrangement='channel'), dict(spatial_descriptor='conv')]:
         assert not CBAM(16, ratio=4, **options).fused
     assert not uses_fused_function(CBAM(16, fused=False), x)
+    assert not uses_fused_function(CBAM(16), x.transpose(2, 3))  # neither NCHW nor NHWC memory
     cbam = CBAM(16, ratio=4)
     traced = torch.jit.trace(cbam, x)  # FLOP counters trace: they must see the eager ops
     assert 'PythonOp' not in str(traced.graph)
@@ -234,7 +235,8 @@ def test_backbone_fused_equals_eager(cls, kwargs):
         outs = model(inp)
         torch.manual_seed(1)
         torch.autograd.backward(outs, [torch.randn_like(o) for o in outs])
-        results.append((outs, inp.grad, dict(model.named_parameters()), dict(model.named_buffers())))
+        results.append(
+            (outs, inp.grad, dict(model.named_parameters()), dict(model.named_buffers())))
     for a, b in zip(results[0][0], results[1][0]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-9, atol=1e-11)

@@ -258,3 +258,12 @@ def test_r50_saved_activations():
                                              for m in (fused, eager, plain))
     assert fused_bytes < 1.05 * plain_bytes
     assert eager_bytes > 1.25 * plain_bytes
+
+
+def test_bottleneck_keeps_zero_init_residual():
+    """CBAMBottleneck is not mmdet's Bottleneck class, whose zero init mmdet keys on identity."""
+    with mmdet_scope_if_unset():
+        model = CBAMResNet(depth=50, zero_init_residual=True)
+    model.init_weights()
+    assert all(block.norm3.weight.abs().max() == 0 for block in model.blocks())
+    assert all(block.norm2.weight.abs().min() == 1 for block in model.blocks())

@@ -6,9 +6,10 @@ for backward. ``FusedCBAMFunction`` computes the 'channel_first' arrangement wit
 spatial descriptor (the authors' layout) as follows:
 
 * Full-size work is a handful of PyTorch ops: the channel descriptors (``mean``, ``amax``), one
-  product y = Mc * F that becomes the output in place (y *= Ms), the channel max of y (``amax``)
-  and the channel mean of y as a channel-weighted mean of F, ``bmm(Mc, F) / C``; no ``cat`` of
-  full-size maps, no max-with-indices (10x slower than ``amax`` on CPU).
+  product y = Mc * F that becomes the output in place (y *= Ms), the channel max and mean of y
+  (``amax``, ``mean``); no ``cat`` of full-size maps, no max-with-indices (10x slower than
+  ``amax`` on CPU). (The channel mean as ``bmm(Mc, F) / C`` made the whole backbone's inference
+  slower on 2 threads although the op itself is as fast: y exists anyway.)
 * Max pooling routes its gradient to the first maximum, as the authors' ``max_pool2d`` and
   ``torch.max``; in training the first maximum is found in two cheap steps: ``amax`` over rows
   (spatial) or blocks of 16 channels, then a search in the small row/block-max tensor and in the
@@ -96,7 +97,6 @@ def _cbam_forward(x: Tensor, channel_mlp: nn.Module, pool_types: Sequence[str],
     what backward needs: small autograd graphs of the gates and first-max indices. A temporary
     ``x`` (the fused norm's output) becomes the output in place."""
     n, c, h, w = x.shape
-    flat = x.reshape(n, c, h * w)
     descriptors, pixel_of_max = [], None
     for pool in pool_types:
         if pool == 'avg':
@@ -110,17 +110,18 @@ def _cbam_forward(x: Tensor, channel_mlp: nn.Module, pool_types: Sequence[str],
         leaves = [d.detach().requires_grad_(with_grad) for d in descriptors]
         channel_att = torch.sigmoid(channel_mlp(torch.stack(leaves)).sum(0))  # (N, C)
     ca = channel_att.detach()
-    smean = torch.bmm(ca[:, None, :].to(flat.dtype), flat).div_(c)  # mean over C of y
     y = x.mul_(ca[:, :, None, None]) if x_is_temporary else x * ca[:, :, None, None]
     if with_grad:
         smax, channel_of_max = _first_argmax_channels(y.reshape(n, c, h * w))
     else:
         smax, channel_of_max = y.amax(1), None
+    smean = y.mean(1)
     with torch.set_grad_enabled(with_grad):
         smax = smax.reshape(n, 1, h, w).detach().requires_grad_(with_grad)
         smean = smean.reshape(n, 1, h, w).detach().requires_grad_(with_grad)
-        # channels_last makes the 2-channel conv's backward ~3x faster on CPU.
-        desc = torch.cat([smax, smean], 1).contiguous(memory_format=torch.channels_last)
+        desc = torch.cat([smax, smean], 1)
+        if with_grad:  # channels_last makes the 2-channel conv's backward ~3x faster on CPU
+            desc = desc.contiguous(memory_format=torch.channels_last)
         spatial_att = torch.sigmoid(spatial_net(desc)).contiguous()  # (N, 1, H, W)
     out = y.mul_(spatial_att.detach())
     if not with_grad:

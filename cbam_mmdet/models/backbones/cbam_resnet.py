@@ -10,10 +10,21 @@ from torch import Tensor
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
+from ..layers.cbam import CBAM
 
 from ...utils.pretrained import check_pretrained_resnet
 
 DEFAULT_CBAM_CFG = dict(type='CBAM')
+
+
+def norm_then_plugins(block: nn.Module, norm: nn.Module, x: Tensor, plugin_names) -> Tensor:
+    """``norm(x)`` followed by the block's plugins; a CBAM right after the norm runs the norm
+    inside its fused function (``CBAM.forward_after_norm``), so the block keeps no normalised
+    map for backward."""
+    first = getattr(block, plugin_names[0]) if plugin_names else None
+    if isinstance(first, CBAM):
+        return block.forward_plugin(first.forward_after_norm(norm, x), plugin_names[1:])
+    return block.forward_plugin(norm(x), plugin_names)
 
 
 class CBAMBasicBlock(BasicBlock):
@@ -41,8 +52,8 @@ class CBAMBasicBlock(BasicBlock):
         def _inner_forward(x):
             out = self.relu(self.norm1(self.conv1(x)))
             out = self.forward_plugin(out, self.after_conv1_plugin_names)
-            out = self.norm2(self.conv2(out))
-            out = self.forward_plugin(out, self.after_conv2_plugin_names)
+            out = norm_then_plugins(self, self.norm2, self.conv2(out),
+                                    self.after_conv2_plugin_names)
             identity = x if self.downsample is None else self.downsample(x)
             return out + identity
 
@@ -99,6 +110,36 @@ def check_plugins(owner: str, plugins: Sequence[dict], block: type, num_stages: 
                              f'({num_stages}), got {tuple(stages)}')
         check_registered(owner, f'plugins[{index}]', plugin['cfg'])
     check_plugin_positions(owner, plugins, block)
+
+
+class FusedNormBottleneckMixin:
+    """mmdet's ``Bottleneck.forward`` with the last norm and the plugins after conv3 computed by
+    ``norm_then_plugins``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+
+        def _inner_forward(x):
+            out = self.relu(self.norm1(self.conv1(x)))
+            if self.with_plugins:
+                out = self.forward_plugin(out, self.after_conv1_plugin_names)
+            out = self.relu(self.norm2(self.conv2(out)))
+            if self.with_plugins:
+                out = self.forward_plugin(out, self.after_conv2_plugin_names)
+            out = norm_then_plugins(self, self.norm3, self.conv3(out),
+                                    self.after_conv3_plugin_names if self.with_plugins else [])
+            identity = x if self.downsample is None else self.downsample(x)
+            out += identity
+            return out
+
+        if self.with_cp and x.requires_grad:
+            out = cp.checkpoint(_inner_forward, x, use_reentrant=True)  # mmdet's default
+        else:
+            out = _inner_forward(x)
+        return self.relu(out)
+
+
+class CBAMBottleneck(FusedNormBottleneckMixin, Bottleneck):
+    """mmdet's ``Bottleneck``; a CBAM plugin after conv3 runs the last norm in its fused path."""
 
 
 def mmdet_scope_if_unset():
@@ -189,11 +230,12 @@ class CBAMBackboneMixin:
                 depth=depth, plugins=plugins or None, zero_init_residual=zero_init_residual,
                 **kwargs)
         self.start_from_parent = start_from_parent
-        if (zero_init_residual and block is CBAMBasicBlock
+        if (zero_init_residual and block in (CBAMBasicBlock, CBAMBottleneck)
                 and isinstance(self.init_cfg, list)):
-            # mmdet only recognises its own BasicBlock when zeroing the last norm of each block.
+            # mmdet only recognises its own blocks when zeroing the last norm of each block.
+            last_norm = 'norm2' if block is CBAMBasicBlock else 'norm3'
             for blk in self.blocks():
-                blk.init_cfg = dict(type='Constant', val=0, override=dict(name='norm2'))
+                blk.init_cfg = dict(type='Constant', val=0, override=dict(name=last_norm))
 
     def blocks(self):
         """All residual blocks, stage by stage."""
@@ -221,9 +263,10 @@ class CBAMResNet(CBAMBackboneMixin, ResNet):
         [(1, 256, 16, 16), (1, 512, 8, 8), (1, 1024, 4, 4), (1, 2048, 2, 2)]
     """
     arch_settings = {
-        **ResNet.arch_settings,
         18: (CBAMBasicBlock, (2, 2, 2, 2)),
         34: (CBAMBasicBlock, (3, 4, 6, 3)),
+        **{depth: (CBAMBottleneck, blocks)
+           for depth, (_, blocks) in ResNet.arch_settings.items() if depth >= 50},
     }
 
 

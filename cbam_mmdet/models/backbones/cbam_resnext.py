@@ -1,8 +1,13 @@
 """ResNeXt backbones with CBAM in every residual block (paper Table 4)."""
-from mmdet.models.backbones.resnext import ResNeXt
+from mmdet.models.backbones.resnext import Bottleneck, ResNeXt
 from mmdet.registry import MODELS
 
-from .cbam_resnet import CBAMBackboneMixin
+from .cbam_resnet import CBAMBackboneMixin, FusedNormBottleneckMixin
+
+
+class CBAMResNeXtBottleneck(FusedNormBottleneckMixin, Bottleneck):
+    """mmdet's ResNeXt ``Bottleneck``; a CBAM plugin after conv3 runs the last norm in its fused
+    path."""
 
 
 @MODELS.register_module()
@@ -13,3 +18,7 @@ class CBAMResNeXt(CBAMBackboneMixin, ResNeXt):
     Example:
         >>> backbone = CBAMResNeXt(depth=50, groups=32, base_width=4)
     """
+    arch_settings = {
+        depth: (CBAMResNeXtBottleneck, blocks)
+        for depth, (_, blocks) in ResNeXt.arch_settings.items()
+    }

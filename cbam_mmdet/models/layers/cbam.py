@@ -9,12 +9,14 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 from torch import Tensor
 
 from mmdet.registry import MODELS
 from mmdet.utils import OptConfigType, OptMultiConfig
+from .fused_cbam import fused_cbam
 
 CHANNEL_POOL_TYPES = ('avg', 'max')
 SPATIAL_DESCRIPTORS = ('pool', 'conv')
@@ -54,7 +56,8 @@ class ChannelGate(BaseModule):
 
     def logits(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> pre-sigmoid attention of shape (N, C, 1, 1)."""
-        descriptors = [x.mean((2, 3)) if pool == 'avg' else x.amax((2, 3))
+        # Max pooling as the authors' max_pool2d: the gradient goes to the first maximum.
+        descriptors = [x.mean((2, 3)) if pool == 'avg' else F.adaptive_max_pool2d(x, 1).flatten(1)
                        for pool in self.pool_types]
         # One MLP call over the stacked descriptors (P, N, C) instead of one per pooling.
         out = self.mlp(torch.stack(descriptors)).sum(0)
@@ -103,7 +106,8 @@ class SpatialGate(BaseModule):
     def logits(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> pre-sigmoid attention of shape (N, 1, H, W)."""
         if self.descriptor == 'pool':
-            desc = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)
+            # torch.max as the authors': the gradient goes to the first maximum.
+            desc = torch.cat([x.max(1, keepdim=True).values, x.mean(1, keepdim=True)], dim=1)
         else:
             desc = self.compress(x)
         return self.spatial(desc)
@@ -133,6 +137,10 @@ class CBAM(BaseModule):
         arrangement (str): 'channel_first' (Eq. 1), 'spatial_first', 'parallel'
             (sigmoid(Mc + Ms), Table 3), or a single gate: 'channel', 'spatial'.
             Defaults to 'channel_first'.
+        fused (bool): Compute 'channel_first' with the 'pool' descriptor through
+            ``FusedCBAMFunction`` (same parameters, function and gradients, faster, less memory;
+            see ``fused_cbam.py``). False, other options, autocast and tracing use the
+            straightforward eager ops. Defaults to True.
         init_cfg (dict, optional): Initialisation config. Defaults to None, which gives the
             authors' init: Kaiming-normal (fan_out) convs, PyTorch-default MLP, and a spatial BN
             weight of 0 so the spatial gate starts at sigmoid(0) = 0.5.
@@ -147,12 +155,14 @@ class CBAM(BaseModule):
                  kernel_size: int = 7,
                  spatial_norm_cfg: OptConfigType = AUTHORS_SPATIAL_NORM,
                  arrangement: str = 'channel_first',
+                 fused: bool = True,
                  init_cfg: OptMultiConfig = None) -> None:
         super().__init__(init_cfg=init_cfg)
         pool_types = (pool_types, ) if isinstance(pool_types, str) else tuple(pool_types)
         self._check_args(in_channels, ratio, pool_types, spatial_descriptor, kernel_size,
                          arrangement)
         self.arrangement = arrangement
+        self.fused = fused and arrangement == 'channel_first' and spatial_descriptor == 'pool'
         self.channel_gate = None
         self.spatial_gate = None
         if arrangement != 'spatial':
@@ -237,8 +247,28 @@ class CBAM(BaseModule):
                 spatial = att
         return channel, spatial
 
+    def _use_fused(self, x: Tensor) -> bool:
+        # Tracers, scripting and compilers (FLOP counters among them) see the eager ops.
+        dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+        return (self.fused and x.dim() == 4 and x.is_floating_point() and dense
+                and not torch.is_autocast_enabled(x.device.type) and not torch.jit.is_tracing()
+                and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
+
+    def forward_after_norm(self, norm: nn.Module, x: Tensor) -> Tensor:
+        """``self(norm(x))``; a plain ``nn.BatchNorm2d`` runs inside the fused function, which
+        then keeps ``x`` (kept by the norm anyway) instead of the normalised map."""
+        fusable_norm = (type(norm) is nn.BatchNorm2d and norm.affine and norm.track_running_stats
+                        and not (norm._forward_hooks or norm._forward_pre_hooks))
+        # Hooks and a replaced ``forward`` (tools, tests) must see CBAM's own input.
+        hooked = self._forward_hooks or self._forward_pre_hooks or 'forward' in vars(self)
+        if fusable_norm and not hooked and self._use_fused(x):
+            return fused_cbam(x, self, norm)
+        return self(norm(x))
+
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, C, H, W)."""
+        if self._use_fused(x):
+            return fused_cbam(x, self)
         if self.arrangement == 'parallel':
             return x * torch.sigmoid(self.channel_gate.logits(x) + self.spatial_gate.logits(x))
         for gate in self.gates:

@@ -53,7 +53,7 @@ def test_bad_backbone_arguments_through_a_detector_config(backbone, error, expec
      "'after_conv3'}; e.g. dict(cfg=dict(type='CBAM'), position='after_conv3')"),
     (dict(cfg=dict(type='CBAM')), ValueError, 'plugins[0] needs "cfg" and "position" keys'),
     (dict(cfg=dict(type='CBAM'), position='after_conv4'), ValueError,
-     "CBAMResNet: plugin position 'after_conv4' is not supported by its Bottleneck blocks; "
+     "CBAMResNet: plugin position 'after_conv4' is not supported by its CBAMBottleneck blocks; "
      'valid positions: after_conv1, after_conv2, after_conv3'),
     (dict(cfg=dict(type='CBAM'), position='after_conv3', stages=(True, False)), ValueError,
      'CBAMResNet: plugins[0]["stages"] needs one bool per stage (4), got (True, False)'),
@@ -69,7 +69,7 @@ def test_bad_plugins(plugin, error, expected):
 
 
 def test_resnext_names_its_own_block():
-    with pytest.raises(ValueError, match="'after_conv0' is not supported by its Bottleneck"):
+    with pytest.raises(ValueError, match="'after_conv0' is not supported by its CBAMResNeXtBottleneck blocks"):
         CBAMResNeXt(depth=50, groups=32, base_width=4,
                     plugins=[dict(cfg=dict(type='CBAM'), position='after_conv0')])
 

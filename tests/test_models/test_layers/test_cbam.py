@@ -64,7 +64,8 @@ def test_matches_authors_reference(train):
     torch.testing.assert_close(out, out_ref, rtol=1e-6, atol=1e-6)
     out.pow(2).sum().backward()
     out_ref.pow(2).sum().backward()
-    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
+    # Gradients reach ~20 here; the fused path sums in another order (float32 rounding).
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('options', ALL_OPTIONS, ids=lambda o: '-'.join(

@@ -1,0 +1,269 @@
+"""The fused CBAM path computes the eager CBAM's function, gradients and BN statistics."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from cbam_mmdet.models.backbones import CBAMResNet, CBAMResNeXt
+from cbam_mmdet.models.backbones.cbam_resnet import mmdet_scope_if_unset
+from cbam_mmdet.models.layers import CBAM
+from cbam_mmdet.models.layers.fused_cbam import FusedCBAMFunction
+from cbam_mmdet.utils.memory import saved_tensor_bytes
+from mmdet.models.backbones import ResNet
+
+OPTIONS = [
+    dict(),
+    dict(pool_types=('avg', )),
+    dict(pool_types=('max', )),
+    dict(kernel_size=3),
+    dict(spatial_norm_cfg=None),
+]
+
+
+def make_pair(channels=16, with_norm=False, dtype=torch.float64, **kwargs):
+    """A fused CBAM (+ optional BN before it) and an eager copy with the same state."""
+    torch.manual_seed(0)
+    fused = CBAM(channels, ratio=4, **kwargs)
+    fused.init_weights()
+    for param in fused.parameters():  # every parameter non-trivial, Ms not constant
+        nn.init.normal_(param, std=0.5)
+    norm = nn.BatchNorm2d(channels) if with_norm else None
+    if norm is not None:
+        nn.init.normal_(norm.weight)
+        nn.init.normal_(norm.bias)
+    eager = CBAM(channels, ratio=4, fused=False, **kwargs)
+    eager.load_state_dict(fused.state_dict())
+    modules = [fused.to(dtype), copy.deepcopy(norm), eager.to(dtype), copy.deepcopy(norm)]
+    return [m.to(dtype) if m is not None else None for m in modules]
+
+
+def run(cbam, norm, x, grad):
+    """Output, input gradient, parameter gradients and buffers of cbam(norm(x))."""
+    x = x.detach().clone().requires_grad_()
+    out = cbam(x) if norm is None else cbam.forward_after_norm(norm, x)
+    out.backward(grad)
+    modules = [cbam] + ([norm] if norm is not None else [])
+    params = [p for m in modules for p in m.parameters()]
+    buffers = [b.clone() for m in modules for b in m.buffers()]
+    return out.detach(), x.grad, [p.grad for p in params], buffers
+
+
+def assert_same(fused_result, eager_result, rtol, atol):
+    for fused, eager in zip(fused_result[:2], eager_result[:2]):
+        torch.testing.assert_close(fused, eager, rtol=rtol, atol=atol)
+    for fused_list, eager_list in zip(fused_result[2:], eager_result[2:]):
+        assert len(fused_list) == len(eager_list)
+        for fused, eager in zip(fused_list, eager_list):
+            assert (fused is None) == (eager is None)
+            if fused is not None:
+                torch.testing.assert_close(fused, eager, rtol=rtol, atol=atol)
+
+
+def uses_fused_function(cbam, x, norm=None):
+    """Whether cbam (after norm) runs FusedCBAMFunction on x (run on copies: BN statistics)."""
+    cbam, norm = copy.deepcopy(cbam), copy.deepcopy(norm)
+    x = x.detach().clone().requires_grad_()
+    out = cbam(x) if norm is None else cbam.forward_after_norm(norm, x)
+    return type(out.grad_fn).__name__ == FusedCBAMFunction.__name__ + 'Backward'
+
+
+@pytest.mark.parametrize('options', OPTIONS)
+@pytest.mark.parametrize('with_norm', [False, True])
+@pytest.mark.parametrize('training', [True, False])
+def test_fused_equals_eager_float64(options, with_norm, training):
+    fused, fused_norm, eager, eager_norm = make_pair(with_norm=with_norm, **options)
+    for m in (fused, fused_norm, eager, eager_norm):
+        if m is not None:
+            m.train(training)
+    x = torch.randn(2, 16, 6, 7, dtype=torch.float64) * 2 + 0.5
+    grad = torch.randn_like(x)
+    assert uses_fused_function(fused, x, fused_norm)
+    fused_result = run(fused, fused_norm, x, grad)
+    eager_result = run(eager, eager_norm, x, grad)
+    assert_same(fused_result, eager_result, rtol=1e-10, atol=1e-12)
+    if with_norm and training:  # statistics updated once, as by the eager norm
+        assert fused_norm.num_batches_tracked.item() == 1
+
+
+def test_fused_float32_within_rounding():
+    """Both float32 paths are as close to a float64 run as float32 rounding allows."""
+    fused, norm, eager, eager_norm = make_pair(with_norm=True, dtype=torch.float32)
+    ref, ref_norm = copy.deepcopy(eager).double(), copy.deepcopy(eager_norm).double()
+    x = torch.randn(2, 16, 12, 10) * 3
+    grad = torch.randn_like(x)
+    exact = run(ref, ref_norm, x.double(), grad.double())
+    errors = {}
+    for name, result in [('fused', run(fused, norm, x, grad)),
+                         ('eager', run(eager, eager_norm, x, grad))]:
+        errors[name] = [((got.double() - want).abs().max() / want.abs().max()).item()
+                        for got, want in zip(result[:2] + tuple(result[2]),
+                                             exact[:2] + tuple(exact[2]))]
+    for fused_error, eager_error in zip(errors['fused'], errors['eager']):
+        assert fused_error < max(2e-6, 4 * eager_error)
+
+
+class NormThenCBAM(nn.Module):
+
+    def __init__(self, norm, cbam):
+        super().__init__()
+        self.norm, self.cbam = norm, cbam
+
+    def forward(self, x):
+        return self.cbam.forward_after_norm(self.norm, x)
+
+
+@pytest.mark.parametrize('with_norm,training', [(False, True), (True, True), (True, False)])
+def test_gradcheck_input_and_parameters(with_norm, training):
+    cbam, norm, _, _ = make_pair(channels=8, with_norm=with_norm)
+    model = (cbam if norm is None else NormThenCBAM(norm, cbam)).train(training)
+    names = [name for name, _ in model.named_parameters()]
+    x = torch.randn(2, 8, 3, 4, dtype=torch.float64, requires_grad=True)
+    params = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    assert uses_fused_function(cbam, x, norm)
+    assert torch.autograd.gradcheck(
+        lambda x, *params: functional_call(model, dict(zip(names, params)), (x, )),
+        (x, *params), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize('with_norm', [False, True])
+def test_ties_route_to_first_maximum(with_norm):
+    """Post-ReLU zeros and constant maps tie in both max poolings."""
+    fused, fused_norm, eager, eager_norm = make_pair(with_norm=with_norm)
+    x = torch.randn(2, 16, 6, 7, dtype=torch.float64).relu()
+    x[:, 3] = 0  # a dead channel: every pixel ties in the spatial max pooling
+    x[0, :, 2:4] = 0  # pixels where every channel is 0: ties in the channel max pooling
+    x[1, 5] = 1.5  # a constant channel
+    grad = torch.randn_like(x)
+    if with_norm:  # the norm's input: a constant channel stays constant after it
+        x[1] = 2.0
+    assert_same(run(fused, fused_norm, x, grad), run(eager, eager_norm, x, grad), 1e-10, 1e-12)
+
+
+def test_channels_last():
+    fused, _, eager, _ = make_pair()
+    x = torch.randn(2, 16, 6, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(x)
+    assert uses_fused_function(fused, x)
+    fused_result = run(fused, None, x, grad)
+    assert_same(fused_result, run(eager, None, x, grad), 1e-10, 1e-12)
+    assert fused_result[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_autocast_and_half_inputs(dtype):
+    fused, norm, eager, eager_norm = make_pair(with_norm=True, dtype=torch.float32)
+    x = torch.randn(2, 16, 6, 7)
+    grad = torch.randn_like(x)
+    with torch.autocast('cpu', dtype=dtype):  # autocast: the eager ops, identical results
+        assert not uses_fused_function(fused, x, norm)
+        autocast_results = run(fused, norm, x, grad), run(eager, eager_norm, x, grad)
+    assert_same(*autocast_results, rtol=0, atol=0)
+    # Half-precision modules and inputs: the fused path, close to the eager one.
+    fused, norm, eager, eager_norm = make_pair(with_norm=True, dtype=dtype)
+    assert uses_fused_function(fused, x.to(dtype), norm)
+    fused_out = run(fused, norm, x.to(dtype), grad.to(dtype))
+    eager_out = run(eager, eager_norm, x.to(dtype), grad.to(dtype))
+    assert fused_out[0].dtype == dtype
+    assert_same(fused_out, eager_out, rtol=0.05, atol=0.05)
+
+
+def test_frozen_parameters_and_constant_input():
+    fused, norm, eager, eager_norm = make_pair(with_norm=True)
+    for module in (fused, norm, eager, eager_norm):
+        module.requires_grad_(False)
+    x = torch.randn(2, 16, 6, 7, dtype=torch.float64)
+    grad = torch.randn_like(x)
+    fused_result = run(fused, norm, x, grad)
+    assert all(g is None for g in fused_result[2])
+    assert_same(fused_result, run(eager, eager_norm, x, grad), 1e-10, 1e-12)
+    # Trainable parameters, input without gradient (e.g. the first layer's input).
+    fused, _, eager, _ = make_pair()
+    fused_out, eager_out = fused(x), eager(x)
+    (fused_out * grad).sum().backward()
+    (eager_out * grad).sum().backward()
+    for a, b in zip(fused.parameters(), eager.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_eager_fallbacks():
+    x = torch.randn(2, 16, 6, 7)
+    for options in [dict(arrangement='spatial_first'), dict(arrangement='parallel'),
+                    dict(arrangement='channel'), dict(spatial_descriptor='conv')]:
+        assert not CBAM(16, ratio=4, **options).fused
+    assert not uses_fused_function(CBAM(16, fused=False), x)
+    assert not uses_fused_function(CBAM(16), x.transpose(2, 3))  # neither NCHW nor NHWC memory
+    cbam = CBAM(16, ratio=4)
+    traced = torch.jit.trace(cbam, x)  # FLOP counters trace: they must see the eager ops
+    assert 'PythonOp' not in str(traced.graph)
+    torch.testing.assert_close(traced(x), cbam(x))
+    # A forward pre-hook (the attention visualiser) sees the normalised map.
+    norm, seen = nn.BatchNorm2d(16).eval(), []
+    cbam.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    cbam.forward_after_norm(norm, x.requires_grad_())
+    torch.testing.assert_close(seen[0], norm(x))
+
+
+def backbone_pair(cls, **kwargs):
+    with mmdet_scope_if_unset():
+        fused = cls(norm_eval=False, **kwargs)
+        eager = cls(norm_eval=False, cbam_cfg=dict(type='CBAM', fused=False), **kwargs)
+    fused.init_weights()
+    for name, param in fused.named_parameters():  # trained-like spatial gates
+        if 'spatial' in name:
+            nn.init.normal_(param, std=0.5)
+    eager.load_state_dict(fused.state_dict())
+    for model in (fused, eager):
+        model.double().train()  # mmdet's ResNet.train returns None
+    return fused, eager
+
+
+@pytest.mark.parametrize('cls,kwargs', [
+    (CBAMResNet, dict(depth=18)),
+    (CBAMResNet, dict(depth=18, with_cp=True)),  # non-reentrant checkpointing
+    (CBAMResNet, dict(depth=50)),
+    (CBAMResNet, dict(depth=50, with_cp=True)),
+    (CBAMResNeXt, dict(depth=50, groups=4, base_width=4)),
+])
+def test_backbone_fused_equals_eager(cls, kwargs):
+    fused, eager = backbone_pair(cls, **kwargs)
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    results = []
+    for model in (fused, eager):
+        inp = x.clone().requires_grad_()
+        outs = model(inp)
+        torch.manual_seed(1)
+        torch.autograd.backward(outs, [torch.randn_like(o) for o in outs])
+        results.append(
+            (outs, inp.grad, dict(model.named_parameters()), dict(model.named_buffers())))
+    for a, b in zip(results[0][0], results[1][0]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-9, atol=1e-11)
+    for name, param in results[0][2].items():
+        torch.testing.assert_close(param.grad, results[1][2][name].grad, rtol=1e-8, atol=1e-10,
+                                   msg=name)
+    for name, buffer in results[0][3].items():
+        torch.testing.assert_close(buffer, results[1][3][name], rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_r50_saved_activations():
+    """Fused CBAM-R50 keeps about what plain R50 keeps for backward; eager CBAM much more."""
+    fused, eager = backbone_pair(CBAMResNet, depth=50)
+    with mmdet_scope_if_unset():
+        plain = ResNet(depth=50, norm_eval=False).double()
+    plain.train()
+    x = torch.randn(1, 3, 64, 96, dtype=torch.float64)
+    fused_bytes, eager_bytes, plain_bytes = (saved_tensor_bytes(lambda: m(x), m.parameters())
+                                             for m in (fused, eager, plain))
+    assert fused_bytes < 1.05 * plain_bytes
+    assert eager_bytes > 1.25 * plain_bytes
+
+
+def test_bottleneck_keeps_zero_init_residual():
+    """CBAMBottleneck is not mmdet's Bottleneck class, whose zero init mmdet keys on identity."""
+    with mmdet_scope_if_unset():
+        model = CBAMResNet(depth=50, zero_init_residual=True)
+    model.init_weights()
+    assert all(block.norm3.weight.abs().max() == 0 for block in model.blocks())
+    assert all(block.norm2.weight.abs().min() == 1 for block in model.blocks())

@@ -1,0 +1,58 @@
+"""tools/benchmark_cbam.py at tiny sizes: table, JSON and plot content (no timing checks)."""
+import importlib.util
+import json
+import os.path as osp
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+
+spec = importlib.util.spec_from_file_location(
+    'benchmark_cbam', osp.join(REPO_ROOT, 'tools', 'benchmark_cbam.py'))
+benchmark_cbam = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(benchmark_cbam)
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp('benchmark')
+    argv = ['--reps', '1', '--iters', '1', '--threads', '2', '--module-shape', '2', '16', '6',
+            '8', '--backbone-shape', '1', '3', '64', '64', '--depth', '18', '--out-dir',
+            str(out_dir)]
+    threads = torch.get_num_threads()
+    yield benchmark_cbam.main(argv), out_dir
+    torch.set_num_threads(threads)
+
+
+def test_json_holds_every_measurement(tiny_run):
+    result, out_dir = tiny_run
+    with open(out_dir / 'results.json') as f:
+        saved = json.load(f)
+    assert saved['device_type'] == 'cpu' and saved['threads'] == 2
+    assert saved['torch'] and saved['device']
+    rows = {(r['scope'], r['dtype'], r['mode']): r for r in saved['rows']}
+    assert set(rows) == {(scope, 'fp32', mode) for scope in ('module', 'backbone')
+                         for mode in benchmark_cbam.MODES}
+    assert set(rows['module', 'fp32', 'train']['ms']) == {'fused', 'eager', 'eager_amax'}
+    backbone_train = rows['backbone', 'fp32', 'train']
+    assert set(backbone_train['ms']) == {'fused', 'eager', 'plain'}
+    assert set(backbone_train['ratio_to_reference']) == {'fused', 'eager'}
+    assert all(len(times) == 1 for times in backbone_train['ms_per_rep'].values())
+    assert all(ms > 0 for row in saved['rows'] for ms in row['ms'].values())
+    memory = backbone_train['train_bytes']
+    assert memory['fused'] < memory['eager']  # exact byte counts, not timings
+    assert backbone_train['memory_ratio_to_reference']['fused'] == pytest.approx(
+        memory['fused'] / memory['plain'])
+    assert saved['table'] == benchmark_cbam.format_table(result['rows'])
+
+
+def test_table_and_plot(tiny_run, capsys):
+    result, out_dir = tiny_run
+    table = benchmark_cbam.format_table(result['rows'])
+    lines = table.splitlines()
+    assert lines[0].startswith('| scope | dtype | mode | variant | ms |')
+    assert len(lines) == 2 + 3 * 3 + 3 * 3  # header + 3 modes x 3 variants per scope
+    assert '| backbone | fp32 | train | plain |' in table and 'reference' in table
+    with open(out_dir / 'ratios.png', 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'

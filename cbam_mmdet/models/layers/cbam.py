@@ -25,6 +25,33 @@ ARRANGEMENTS = ('channel_first', 'spatial_first', 'parallel', 'channel', 'spatia
 AUTHORS_SPATIAL_NORM = dict(type='BN', momentum=0.01, eps=1e-5)
 
 
+def _autocast_takes_device() -> bool:
+    try:
+        torch.is_autocast_enabled('cpu')
+    except TypeError:  # torch < 2.4: no device argument, CPU autocast has its own flag
+        return False
+    return True
+
+
+AUTOCAST_TAKES_DEVICE = _autocast_takes_device()
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type``, on every supported torch."""
+    if AUTOCAST_TAKES_DEVICE:
+        return torch.is_autocast_enabled(device_type)
+    if device_type == 'cpu':
+        return torch.is_autocast_cpu_enabled()
+    return torch.is_autocast_enabled()
+
+
+def is_compiling() -> bool:
+    """Whether ``torch.compile`` is tracing (``torch.compiler.is_compiling``: torch >= 2.3)."""
+    compiler = getattr(torch, 'compiler', None)
+    return bool(compiler is not None and hasattr(compiler, 'is_compiling')
+                and compiler.is_compiling())
+
+
 def _choice_error(name: str, value, valid: Sequence) -> ValueError:
     valid_values = ', '.join(map(repr, valid))
     return ValueError(f'CBAM: invalid {name}={value!r}; valid values: {valid_values}')
@@ -251,8 +278,8 @@ class CBAM(BaseModule):
         # Tracers, scripting and compilers (FLOP counters among them) see the eager ops.
         dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
         return (self.fused and x.dim() == 4 and x.is_floating_point() and dense
-                and not torch.is_autocast_enabled(x.device.type) and not torch.jit.is_tracing()
-                and not torch.jit.is_scripting() and not torch.compiler.is_compiling())
+                and not autocast_enabled(x.device.type) and not torch.jit.is_tracing()
+                and not torch.jit.is_scripting() and not is_compiling())
 
     def forward_after_norm(self, norm: nn.Module, x: Tensor) -> Tensor:
         """``self(norm(x))``; a plain ``nn.BatchNorm2d`` runs inside the fused function, which

@@ -169,6 +169,26 @@ def test_autocast_and_half_inputs(dtype):
     assert_same(fused_out, eager_out, rtol=0.05, atol=0.05)
 
 
+def test_path_choice_on_torch_before_2_4(monkeypatch):
+    """torch < 2.3 has no torch.compiler.is_compiling and torch < 2.4 no device argument to
+    is_autocast_enabled (CPU autocast has its own flag): the fused path is chosen all the same,
+    and CPU autocast still selects the eager ops."""
+    import cbam_mmdet.models.layers.cbam as cbam_module
+    with monkeypatch.context() as patch:  # torch.autocast itself needs the current signature
+        patch.setattr(torch, 'is_autocast_enabled', lambda: False)
+        assert not cbam_module._autocast_takes_device()
+    assert cbam_module._autocast_takes_device()
+    monkeypatch.setattr(cbam_module, 'AUTOCAST_TAKES_DEVICE', False)  # CPU flag read instead
+    monkeypatch.delattr(torch.compiler, 'is_compiling')
+    assert not cbam_module.is_compiling()
+    fused, norm, _, _ = make_pair(with_norm=True, dtype=torch.float32)
+    x = torch.randn(2, 16, 6, 7)
+    assert uses_fused_function(fused, x, norm)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert cbam_module.autocast_enabled('cpu')
+        assert not uses_fused_function(fused, x, norm)
+
+
 def test_frozen_parameters_and_constant_input():
     fused, norm, eager, eager_norm = make_pair(with_norm=True)
     for module in (fused, norm, eager, eager_norm):

@@ -17,6 +17,7 @@ from torch import Tensor
 from mmdet.registry import MODELS
 from mmdet.utils import OptConfigType, OptMultiConfig
 from .fused_cbam import fused_cbam
+from .native_cbam import native_cbam, native_supported
 
 CHANNEL_POOL_TYPES = ('avg', 'max')
 SPATIAL_DESCRIPTORS = ('pool', 'conv')
@@ -289,13 +290,18 @@ class CBAM(BaseModule):
         # Hooks and a replaced ``forward`` (tools, tests) must see CBAM's own input.
         hooked = self._forward_hooks or self._forward_pre_hooks or 'forward' in vars(self)
         if fusable_norm and not hooked and self._use_fused(x):
-            return fused_cbam(x, self, norm)
+            return self._fused_forward(x, norm)
         return self(norm(x))
+
+    def _fused_forward(self, x: Tensor, norm: Optional[nn.BatchNorm2d] = None) -> Tensor:
+        if native_supported(self, x):
+            return native_cbam(x, self, norm)
+        return fused_cbam(x, self, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, C, H, W)."""
         if self._use_fused(x):
-            return fused_cbam(x, self)
+            return self._fused_forward(x)
         if self.arrangement == 'parallel':
             return x * torch.sigmoid(self.channel_gate.logits(x) + self.spatial_gate.logits(x))
         for gate in self.gates:

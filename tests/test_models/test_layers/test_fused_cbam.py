@@ -1,4 +1,9 @@
-"""The fused CBAM path computes the eager CBAM's function, gradients and BN statistics."""
+"""The fused CBAM paths compute the eager CBAM's function, gradients and BN statistics.
+
+Every test runs twice: with the native C++ kernels (``NativeCBAMFunction``, the CPU default)
+and with ``CBAM_MMDET_NATIVE=0`` (``FusedCBAMFunction``, PyTorch ops: GPUs, channels_last, half
+precision, machines without a compiler).
+"""
 import copy
 
 import pytest
@@ -9,7 +14,7 @@ from torch.func import functional_call
 from cbam_mmdet.models.backbones import CBAMResNet, CBAMResNeXt
 from cbam_mmdet.models.backbones.cbam_resnet import mmdet_scope_if_unset
 from cbam_mmdet.models.layers import CBAM
-from cbam_mmdet.models.layers.fused_cbam import FusedCBAMFunction
+from cbam_mmdet.models.layers.native_cbam import native_library
 from cbam_mmdet.utils.memory import saved_tensor_bytes
 from mmdet.models.backbones import ResNet
 
@@ -61,25 +66,37 @@ def assert_same(fused_result, eager_result, rtol, atol):
                 torch.testing.assert_close(fused, eager, rtol=rtol, atol=atol)
 
 
-def uses_fused_function(cbam, x, norm=None):
-    """Whether cbam (after norm) runs FusedCBAMFunction on x (run on copies: BN statistics)."""
+@pytest.fixture(params=['native', 'torch'], autouse=True)
+def backend(request, monkeypatch):
+    """The fused path under test: 'native' (C++ kernels) or 'torch' (PyTorch ops)."""
+    if request.param == 'torch':
+        monkeypatch.setenv('CBAM_MMDET_NATIVE', '0')
+    elif native_library() is None:
+        pytest.skip('the native kernels could not be built here (see the warning)')
+    return request.param
+
+
+def fused_path(cbam, x, norm=None):
+    """Which path cbam (after norm) takes on x: 'native', 'torch' (FusedCBAMFunction) or
+    'eager' (run on copies: BN statistics)."""
     cbam, norm = copy.deepcopy(cbam), copy.deepcopy(norm)
     x = x.detach().clone().requires_grad_()
     out = cbam(x) if norm is None else cbam.forward_after_norm(norm, x)
-    return type(out.grad_fn).__name__ == FusedCBAMFunction.__name__ + 'Backward'
+    return {'NativeCBAMFunctionBackward': 'native', 'FusedCBAMFunctionBackward': 'torch'}.get(
+        type(out.grad_fn).__name__, 'eager')
 
 
 @pytest.mark.parametrize('options', OPTIONS)
 @pytest.mark.parametrize('with_norm', [False, True])
 @pytest.mark.parametrize('training', [True, False])
-def test_fused_equals_eager_float64(options, with_norm, training):
+def test_fused_equals_eager_float64(options, with_norm, training, backend):
     fused, fused_norm, eager, eager_norm = make_pair(with_norm=with_norm, **options)
     for m in (fused, fused_norm, eager, eager_norm):
         if m is not None:
             m.train(training)
     x = torch.randn(2, 16, 6, 7, dtype=torch.float64) * 2 + 0.5
     grad = torch.randn_like(x)
-    assert uses_fused_function(fused, x, fused_norm)
+    assert fused_path(fused, x, fused_norm) == backend
     fused_result = run(fused, fused_norm, x, grad)
     eager_result = run(eager, eager_norm, x, grad)
     assert_same(fused_result, eager_result, rtol=1e-10, atol=1e-12)
@@ -115,13 +132,13 @@ class NormThenCBAM(nn.Module):
 
 
 @pytest.mark.parametrize('with_norm,training', [(False, True), (True, True), (True, False)])
-def test_gradcheck_input_and_parameters(with_norm, training):
+def test_gradcheck_input_and_parameters(with_norm, training, backend):
     cbam, norm, _, _ = make_pair(channels=8, with_norm=with_norm)
     model = (cbam if norm is None else NormThenCBAM(norm, cbam)).train(training)
     names = [name for name, _ in model.named_parameters()]
     x = torch.randn(2, 8, 3, 4, dtype=torch.float64, requires_grad=True)
     params = [p.detach().clone().requires_grad_() for p in model.parameters()]
-    assert uses_fused_function(cbam, x, norm)
+    assert fused_path(cbam, x, norm) == backend
     assert torch.autograd.gradcheck(
         lambda x, *params: functional_call(model, dict(zip(names, params)), (x, )),
         (x, *params), eps=1e-6, atol=1e-6, fast_mode=True)
@@ -145,7 +162,7 @@ def test_channels_last():
     fused, _, eager, _ = make_pair()
     x = torch.randn(2, 16, 6, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     grad = torch.randn_like(x)
-    assert uses_fused_function(fused, x)
+    assert fused_path(fused, x) == 'torch'  # the native kernels read NCHW
     fused_result = run(fused, None, x, grad)
     assert_same(fused_result, run(eager, None, x, grad), 1e-10, 1e-12)
     assert fused_result[0].is_contiguous(memory_format=torch.channels_last)
@@ -157,19 +174,19 @@ def test_autocast_and_half_inputs(dtype):
     x = torch.randn(2, 16, 6, 7)
     grad = torch.randn_like(x)
     with torch.autocast('cpu', dtype=dtype):  # autocast: the eager ops, identical results
-        assert not uses_fused_function(fused, x, norm)
+        assert fused_path(fused, x, norm) == 'eager'
         autocast_results = run(fused, norm, x, grad), run(eager, eager_norm, x, grad)
     assert_same(*autocast_results, rtol=0, atol=0)
     # Half-precision modules and inputs: the fused path, close to the eager one.
     fused, norm, eager, eager_norm = make_pair(with_norm=True, dtype=dtype)
-    assert uses_fused_function(fused, x.to(dtype), norm)
+    assert fused_path(fused, x.to(dtype), norm) == 'torch'  # the native kernels: fp32/fp64
     fused_out = run(fused, norm, x.to(dtype), grad.to(dtype))
     eager_out = run(eager, eager_norm, x.to(dtype), grad.to(dtype))
     assert fused_out[0].dtype == dtype
     assert_same(fused_out, eager_out, rtol=0.05, atol=0.05)
 
 
-def test_path_choice_on_torch_before_2_4(monkeypatch):
+def test_path_choice_on_torch_before_2_4(monkeypatch, backend):
     """torch < 2.3 has no torch.compiler.is_compiling and torch < 2.4 no device argument to
     is_autocast_enabled (CPU autocast has its own flag): the fused path is chosen all the same,
     and CPU autocast still selects the eager ops."""
@@ -183,10 +200,10 @@ def test_path_choice_on_torch_before_2_4(monkeypatch):
     assert not cbam_module.is_compiling()
     fused, norm, _, _ = make_pair(with_norm=True, dtype=torch.float32)
     x = torch.randn(2, 16, 6, 7)
-    assert uses_fused_function(fused, x, norm)
+    assert fused_path(fused, x, norm) == backend
     with torch.autocast('cpu', dtype=torch.bfloat16):
         assert cbam_module.autocast_enabled('cpu')
-        assert not uses_fused_function(fused, x, norm)
+        assert fused_path(fused, x, norm) == 'eager'
 
 
 def test_frozen_parameters_and_constant_input():
@@ -212,8 +229,8 @@ def test_eager_fallbacks():
     for options in [dict(arrangement='spatial_first'), dict(arrangement='parallel'),
                     dict(arrangement='channel'), dict(spatial_descriptor='conv')]:
         assert not CBAM(16, ratio=4, **options).fused
-    assert not uses_fused_function(CBAM(16, fused=False), x)
-    assert not uses_fused_function(CBAM(16), x.transpose(2, 3))  # neither NCHW nor NHWC memory
+    assert fused_path(CBAM(16, fused=False), x) == 'eager'
+    assert fused_path(CBAM(16), x.transpose(2, 3)) == 'eager'  # neither NCHW nor NHWC memory
     cbam = CBAM(16, ratio=4)
     traced = torch.jit.trace(cbam, x)  # FLOP counters trace: they must see the eager ops
     assert 'PythonOp' not in str(traced.graph)

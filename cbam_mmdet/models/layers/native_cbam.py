@@ -1,0 +1,258 @@
+"""Fast CBAM on CPU: C++ passes over the feature map, tied together by small-tensor algebra.
+
+``NativeCBAMFunction`` computes the same function as ``FusedCBAMFunction`` (the 'channel_first'
+arrangement with the 'pool' spatial descriptor, optionally preceded by the block's BatchNorm)
+with full-size work done by five C++ passes (``csrc/cbam_cpu.cpp``), each reading the *norm's
+input* x once; the normalised map z = x * scale + shift and y = z * Mc are recomputed on the fly
+and never stored:
+
+* forward: (1) per-plane sum, sum of squares, max, min of x: the BN batch statistics and both
+  channel descriptors of z at once (z is affine in x per channel, so its spatial max is at x's
+  max or min); (2) per-pixel max and mean of y over channels; (3) the output y * Ms.
+  Plain BN alone makes 2 reads and 1 write; fused BN + CBAM makes 3 reads and 1 write.
+* backward: (4) dL/dMs and the per-plane sums of g * Ms and g * Ms * x over (g, x); (5) the
+  per-plane sums of dL/dmean(y) * x over x; then every gradient that is a sum over a plane (dMc,
+  the BN weight and bias, BN's mean terms) follows from these sums and the max-pooling routes as
+  (N, C) algebra; (6) the input gradient in one pass over (g, x), routes added at the maxima.
+  Plain BN's backward makes 4 reads and 1 write; fused BN + CBAM makes 6 reads and 1 write.
+* The gates' small sub-networks (MLP; k x k conv + norm) run under autograd on detached
+  descriptors, as in ``FusedCBAMFunction``; max pooling routes to the first maximum.
+* Saved for backward: x (kept by BN anyway), Mc, Ms, the first-max indices, per-channel
+  statistics.
+
+CBAM uses it for contiguous NCHW float32/float64 CPU tensors when the kernels could be built
+(``cbam_mmdet/utils/cpp_library.py``: compiled once per machine with the system compiler, about
+a second); elsewhere (CUDA, channels_last, half precision, no compiler, or
+``CBAM_MMDET_NATIVE=0``) the PyTorch-ops ``FusedCBAMFunction`` runs.
+"""
+import ctypes
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from cbam_mmdet.utils.cpp_library import load_library
+
+SOURCE = Path(__file__).with_name('csrc') / 'cbam_cpu.cpp'
+_SUFFIX = {torch.float32: 'f32', torch.float64: 'f64'}
+_library = None  # None: not tried yet; False: unavailable
+
+
+def native_library() -> Optional[ctypes.CDLL]:
+    """The compiled kernels, or None (disabled with ``CBAM_MMDET_NATIVE=0``, or not buildable)."""
+    global _library
+    if os.environ.get('CBAM_MMDET_NATIVE', '1') == '0':
+        return None
+    if _library is None:
+        _library = load_library(SOURCE, 'cbam_cpu', 'so CBAM runs its PyTorch-ops fused path '
+                                '(correct, slower on CPU)') or False
+    return _library or None
+
+
+class _Gates(ctypes.Structure):
+    """Mirror of ``Gates`` in csrc/cbam_cpu.cpp."""
+    _fields_ = [(name, ctypes.c_int64) for name in ('n', 'c', 'h', 'w')] + [
+        ('norm_mode', ctypes.c_int), ('bn_weight', ctypes.c_void_p), ('bn_bias', ctypes.c_void_p),
+        ('bn_running_mean', ctypes.c_void_p), ('bn_running_var', ctypes.c_void_p),
+        ('bn_eps', ctypes.c_double), ('bn_momentum', ctypes.c_double),
+        ('hidden', ctypes.c_int64), ('w1', ctypes.c_void_p), ('b1', ctypes.c_void_p),
+        ('w2', ctypes.c_void_p), ('b2', ctypes.c_void_p), ('use_avg', ctypes.c_int),
+        ('use_max', ctypes.c_int), ('k', ctypes.c_int64), ('conv_weight', ctypes.c_void_p),
+        ('conv_bias', ctypes.c_void_p), ('spatial_norm_mode', ctypes.c_int),
+        ('sn_weight', ctypes.c_void_p), ('sn_bias', ctypes.c_void_p),
+        ('sn_running_mean', ctypes.c_void_p), ('sn_running_var', ctypes.c_void_p),
+        ('sn_eps', ctypes.c_double), ('sn_momentum', ctypes.c_double), ('threads', ctypes.c_int)
+    ]
+
+
+SAVED_FIELDS = ('sums', 'mean', 'invstd', 'spatial_stats', 'scale', 'shift', 'desc', 'hid', 'mc',
+                'smax', 'smean', 'pre', 'ms', 'pixel_of_max', 'channel_of_max')
+GRAD_FIELDS = ('input', 'bn_weight', 'bn_bias', 'w1', 'b1', 'w2', 'b2', 'conv_weight',
+               'conv_bias', 'sn_weight', 'sn_bias')
+
+
+class _Saved(ctypes.Structure):
+    """Mirror of ``Saved``: the small tensors forward keeps for backward."""
+    _fields_ = [(name, ctypes.c_void_p) for name in SAVED_FIELDS]
+
+
+class _Grads(ctypes.Structure):
+    """Mirror of ``Grads``: what backward writes, in ``_gate_params`` order after the input."""
+    _fields_ = [(name, ctypes.c_void_p) for name in GRAD_FIELDS]
+
+
+def _address(tensor: Optional[Tensor]) -> Optional[int]:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _norm_mode(norm: Optional[nn.BatchNorm2d]) -> int:
+    return 0 if norm is None else 1 if norm.training else 2
+
+
+def _momentum(norm: Optional[nn.BatchNorm2d]) -> float:
+    """BatchNorm's momentum for this call, counting the batch as ``nn.BatchNorm2d`` does."""
+    if norm is None or not norm.training:
+        return 0.0
+    norm.num_batches_tracked.add_(1)
+    return 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+
+
+def _check_batch(norm: Optional[nn.BatchNorm2d], count: int, shape) -> None:
+    if norm is not None and norm.training and count == 1:  # as F.batch_norm
+        raise ValueError(f'Expected more than 1 value per channel when training, got input '
+                         f'size {list(shape)}')
+
+
+def _spatial_norm(cbam: nn.Module) -> Optional[nn.BatchNorm2d]:
+    spatial = cbam.spatial_gate.spatial
+    return spatial.norm if spatial.with_norm else None
+
+
+def _gate_params(cbam: nn.Module, norm: Optional[nn.BatchNorm2d], params):
+    """The parameters in a fixed order (None where absent): the norm's weight and bias, the
+    MLP's w1, b1, w2, b2, the spatial conv's weight and bias, the spatial norm's weight and bias.
+    ``params`` (``apply``'s arguments) are used, not the module's attributes: ``functional_call``
+    may substitute them."""
+    params = list(params)
+    norm_params = params[:2] if norm is not None else [None, None]
+    rest = iter(params[2:] if norm is not None else params)
+    mlp = [next(rest) for _ in range(4)]
+    conv = [next(rest), next(rest) if cbam.spatial_gate.spatial.conv.bias is not None else None]
+    spatial_norm = [next(rest), next(rest)] if _spatial_norm(cbam) is not None else [None, None]
+    return [*norm_params, *mlp, *conv, *spatial_norm]
+
+
+def _gates(x: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d], params) -> _Gates:
+    """Sizes, parameters and buffers for the kernels; counts a training batch in both norms."""
+    n, c, h, w = x.shape
+    norm_weight, norm_bias, w1, b1, w2, b2, conv_weight, conv_bias, sn_weight, sn_bias = params
+    spatial_norm = _spatial_norm(cbam)
+    _check_batch(norm, n * h * w, (n, c, h, w))
+    _check_batch(spatial_norm, n * h * w, (n, 1, h, w))
+    pool_types = cbam.channel_gate.pool_types
+    gates = _Gates(
+        n=n, c=c, h=h, w=w, hidden=w1.shape[0], w1=_address(w1), b1=_address(b1),
+        w2=_address(w2), b2=_address(b2), use_avg=int('avg' in pool_types),
+        use_max=int('max' in pool_types), k=conv_weight.shape[-1],
+        conv_weight=_address(conv_weight), conv_bias=_address(conv_bias),
+        threads=torch.get_num_threads())
+    for prefix, module, weight, bias in (('bn', norm, norm_weight, norm_bias),
+                                         ('sn', spatial_norm, sn_weight, sn_bias)):
+        mode_name = 'norm_mode' if prefix == 'bn' else 'spatial_norm_mode'
+        setattr(gates, mode_name, _norm_mode(module))
+        if module is not None:
+            setattr(gates, f'{prefix}_weight', _address(weight))
+            setattr(gates, f'{prefix}_bias', _address(bias))
+            setattr(gates, f'{prefix}_running_mean', _address(module.running_mean))
+            setattr(gates, f'{prefix}_running_var', _address(module.running_var))
+            setattr(gates, f'{prefix}_eps', float(module.eps))
+            setattr(gates, f'{prefix}_momentum', _momentum(module))
+    return gates
+
+
+def _kernel(direction: str, dtype: torch.dtype):
+    return getattr(native_library(), f'cbam_{direction}_{_SUFFIX[dtype]}')
+
+
+def _forward(inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d], params,
+             with_grad: bool):
+    """cbam(norm(inp)); with ``with_grad`` also the gates' struct and the saved small tensors."""
+    n, c, h, w = inp.shape
+    gates = _gates(inp, cbam, norm, params)
+    saved = {}
+    if with_grad:
+        pools = gates.use_avg + gates.use_max
+        f64, i64 = dict(dtype=torch.float64), dict(dtype=torch.long)
+        saved = dict(
+            sums=torch.empty(n, c, **f64), mean=torch.empty(c, **f64),
+            invstd=torch.empty(c, **f64), spatial_stats=torch.empty(2, **f64),
+            scale=inp.new_empty(c), shift=inp.new_empty(c), desc=inp.new_empty(pools, n, c),
+            hid=inp.new_empty(pools, n, gates.hidden), mc=inp.new_empty(n, c),
+            smax=inp.new_empty(n, h * w), smean=inp.new_empty(n, h * w),
+            pre=inp.new_empty(n, h * w), ms=inp.new_empty(n, h * w),
+            pixel_of_max=torch.empty(n, c, **i64), channel_of_max=torch.empty(n, h * w, **i64))
+    out = torch.empty_like(inp)
+    _kernel('forward', inp.dtype)(
+        ctypes.c_void_p(inp.data_ptr()), ctypes.c_void_p(out.data_ptr()), ctypes.byref(gates),
+        ctypes.byref(_Saved(**{k: v.data_ptr() for k, v in saved.items()})))
+    return out, gates, saved
+
+
+class NativeCBAMFunction(torch.autograd.Function):
+    """(N, C, H, W) -> (N, C, H, W): CBAM, optionally preceded by a BatchNorm2d (module doc).
+
+    ``apply(inp, cbam, norm, *params)`` as ``FusedCBAMFunction.apply``.
+    """
+
+    @staticmethod
+    def forward(ctx, inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d], *params):
+        ordered = _gate_params(cbam, norm, params)
+        out, gates, saved = _forward(inp, cbam, norm, ordered, with_grad=True)
+        ctx.gates = gates
+        ctx.present = [p is not None for p in ordered]
+        # Parameters are saved too: autograd then checks they were not modified in place, and
+        # (e.g. under checkpointing) backward uses the tensors it unpacks.
+        ctx.save_for_backward(inp, *[p for p in ordered if p is not None], *saved.values())
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        inp, *rest = ctx.saved_tensors
+        present = iter(rest)
+        params = [next(present) if here else None for here in ctx.present]
+        small = list(present)
+        gates = ctx.gates
+        for field, param in zip(('bn_weight', 'w1', 'w2', 'conv_weight', 'sn_weight'),
+                                (params[0], params[2], params[4], params[6], params[8])):
+            setattr(gates, field, _address(param))
+        grads = [torch.empty_like(inp) if ctx.needs_input_grad[0] else None]
+        grads += [None if p is None else torch.empty_like(p) for p in params]
+        grad = grad.contiguous()
+        _kernel('backward', inp.dtype)(
+            ctypes.c_void_p(grad.data_ptr()), ctypes.c_void_p(inp.data_ptr()),
+            ctypes.byref(gates), ctypes.byref(_Saved(*[t.data_ptr() for t in small])),
+            ctypes.byref(_Grads(*[_address(g) for g in grads])))
+        # One gradient per ``apply`` argument: the present parameters, in ``params`` order.
+        param_grads = [g if p.requires_grad else None
+                       for g, p in zip(grads[1:], params) if p is not None]
+        return (grads[0], None, None, *param_grads)
+
+
+def native_supported(cbam: nn.Module, x: Tensor) -> bool:
+    """Whether the native kernels cover this CBAM (its gates in the default form) and input
+    (contiguous NCHW float32/float64 on CPU, the CBAM's parameters in the same dtype)."""
+    if not (x.device.type == 'cpu' and x.dtype in _SUFFIX and x.is_contiguous()
+            and x.numel() > 0):
+        return False
+    spatial = cbam.spatial_gate.spatial
+    conv = spatial.conv
+    plain_conv = (type(conv) is nn.Conv2d and conv.in_channels == 2 and conv.stride == (1, 1)
+                  and conv.dilation == (1, 1) and conv.groups == 1
+                  and conv.kernel_size[0] == conv.kernel_size[1]
+                  and conv.padding == (conv.kernel_size[0] // 2, ) * 2)
+    norm_ok = (not spatial.with_norm
+               or (type(spatial.norm) is nn.BatchNorm2d and spatial.norm.affine
+                   and spatial.norm.track_running_stats))
+    if not (plain_conv and norm_ok and not spatial.with_activation
+            and tuple(spatial.order) == ('conv', 'norm', 'act')
+            and all(p.dtype == x.dtype for p in cbam.parameters())):
+        return False
+    return native_library() is not None
+
+
+def native_cbam(inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d] = None) -> Tensor:
+    """``cbam(inp)``, or ``cbam(norm(inp))`` with ``norm``, through the native kernels."""
+    params = list(cbam.parameters())
+    if norm is not None:
+        params = [norm.weight, norm.bias] + params
+    needs_grad = torch.is_grad_enabled() and (
+        inp.requires_grad or any(p.requires_grad for p in params))
+    if needs_grad:
+        return NativeCBAMFunction.apply(inp, cbam, norm, *params)
+    with torch.no_grad():
+        return _forward(inp, cbam, norm, _gate_params(cbam, norm, params), with_grad=False)[0]
+

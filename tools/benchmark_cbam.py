@@ -3,11 +3,13 @@
     python tools/benchmark_cbam.py [--device cpu] [--threads 2] [--dtypes fp32 [bf16 fp16]]
                                    [--reps 7] [--iters 3] [--out-dir work_dirs/benchmark_cbam]
 
-Module: one CBAM (256 channels, 2x256x96x128): the fused default, ``CBAM(fused=False)`` (the
-eager reference: the authors' layout op by op, max pooling as their ``max_pool2d``/``torch.max``)
-and the pre-issue eager module (``amax`` pooling, which splits the gradient among tied maxima).
-Backbone: ``CBAMResNet`` depth 50 (fused and eager) against mmdet's ``ResNet`` depth 50 at
-1x3x320x448, BN in training mode (``norm_eval=False``).
+Module: one CBAM (256 channels, 2x256x96x128): the fused default (``fused``: the native C++
+kernels on CPU), the same with ``CBAM_MMDET_NATIVE=0`` (``fused_torch``: the PyTorch-ops fused
+function, which GPUs run), ``CBAM(fused=False)`` (``eager``, the reference: the authors' layout op
+by op, max pooling as their ``max_pool2d``/``torch.max``) and the pre-issue eager module
+(``eager_amax``: ``amax`` pooling, which splits the gradient among tied maxima).
+Backbone: ``CBAMResNet`` depth 50 (fused, fused_torch, eager) against mmdet's ``ResNet`` depth 50
+at 1x3x320x448, BN in training mode (``norm_eval=False``).
 
 Modes: 'forward' (training mode, autograd recording), 'train' (forward + backward with fixed
 random output gradients), 'inference' (eval mode, no_grad). Non-fp32 dtypes run under autocast.
@@ -30,6 +32,7 @@ import os.path as osp
 import platform
 import statistics
 import time
+from contextlib import contextmanager
 from typing import Callable, Dict, List
 
 import torch
@@ -86,6 +89,32 @@ class AmaxCBAM(nn.Module):
         return x * torch.sigmoid(self.cbam.spatial_gate.spatial(desc))
 
 
+@contextmanager
+def native_kernels_disabled():
+    previous = os.environ.get('CBAM_MMDET_NATIVE')
+    os.environ['CBAM_MMDET_NATIVE'] = '0'
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ['CBAM_MMDET_NATIVE']
+        else:
+            os.environ['CBAM_MMDET_NATIVE'] = previous
+
+
+class TorchOpsPath(nn.Module):
+    """``model`` with ``CBAM_MMDET_NATIVE=0``: its CBAMs run the PyTorch-ops fused function
+    (the path is chosen in forward; backward follows it)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        with native_kernels_disabled():
+            return self.model(x)
+
+
 def quiet_init(init_weights: Callable) -> None:
     """Call ``init_weights`` without mmengine's per-parameter report."""
     logger = MMLogger.get_current_instance()
@@ -103,7 +132,8 @@ def build_module_variants(channels: int) -> Dict[str, nn.Module]:
     nn.init.normal_(fused.spatial_gate.spatial.norm.weight)  # a trained-like, non-constant Ms
     eager = CBAM(channels, fused=False)
     eager.load_state_dict(fused.state_dict())
-    return dict(fused=fused, eager=eager, eager_amax=AmaxCBAM(eager))
+    return dict(fused=fused, fused_torch=TorchOpsPath(fused), eager=eager,
+                eager_amax=AmaxCBAM(eager))
 
 
 def build_backbone_variants(depth: int) -> Dict[str, nn.Module]:
@@ -115,7 +145,7 @@ def build_backbone_variants(depth: int) -> Dict[str, nn.Module]:
     quiet_init(fused.init_weights)
     eager.load_state_dict(fused.state_dict())
     quiet_init(plain.init_weights)
-    return dict(fused=fused, eager=eager, plain=plain)
+    return dict(fused=fused, fused_torch=TorchOpsPath(fused), eager=eager, plain=plain)
 
 
 def _outputs(out) -> List[torch.Tensor]:

@@ -1,6 +1,7 @@
 """tools/benchmark_cbam.py at tiny sizes: table, JSON and plot content (no timing checks)."""
 import importlib.util
 import json
+import os
 import os.path as osp
 
 import pytest
@@ -34,10 +35,11 @@ def test_json_holds_every_measurement(tiny_run):
     rows = {(r['scope'], r['dtype'], r['mode']): r for r in saved['rows']}
     assert set(rows) == {(scope, 'fp32', mode) for scope in ('module', 'backbone')
                          for mode in benchmark_cbam.MODES}
-    assert set(rows['module', 'fp32', 'train']['ms']) == {'fused', 'eager', 'eager_amax'}
+    assert set(rows['module', 'fp32', 'train']['ms']) == {'fused', 'fused_torch', 'eager',
+                                                          'eager_amax'}
     backbone_train = rows['backbone', 'fp32', 'train']
-    assert set(backbone_train['ms']) == {'fused', 'eager', 'plain'}
-    assert set(backbone_train['ratio_to_reference']) == {'fused', 'eager'}
+    assert set(backbone_train['ms']) == {'fused', 'fused_torch', 'eager', 'plain'}
+    assert set(backbone_train['ratio_to_reference']) == {'fused', 'fused_torch', 'eager'}
     assert all(len(times) == 1 for times in backbone_train['ms_per_rep'].values())
     assert all(ms > 0 for row in saved['rows'] for ms in row['ms'].values())
     memory = backbone_train['train_bytes']
@@ -52,7 +54,19 @@ def test_table_and_plot(tiny_run, capsys):
     table = benchmark_cbam.format_table(result['rows'])
     lines = table.splitlines()
     assert lines[0].startswith('| scope | dtype | mode | variant | ms |')
-    assert len(lines) == 2 + 3 * 3 + 3 * 3  # header + 3 modes x 3 variants per scope
+    assert len(lines) == 2 + 3 * 4 + 3 * 4  # header + 3 modes x 4 variants per scope
     assert '| backbone | fp32 | train | plain |' in table and 'reference' in table
     with open(out_dir / 'ratios.png', 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_variants_take_their_paths(monkeypatch):
+    """'fused' runs the native kernels, 'fused_torch' the PyTorch-ops function; the switch is
+    undone after each forward."""
+    monkeypatch.delenv('CBAM_MMDET_NATIVE', raising=False)
+    variants = benchmark_cbam.build_module_variants(16)
+    x = torch.randn(2, 16, 5, 6, requires_grad=True)
+    paths = {name: type(variants[name](x).grad_fn).__name__ for name in ('fused', 'fused_torch')}
+    assert paths == dict(fused='NativeCBAMFunctionBackward',
+                         fused_torch='FusedCBAMFunctionBackward')
+    assert 'CBAM_MMDET_NATIVE' not in os.environ

@@ -1,0 +1,109 @@
+"""The native CBAM kernels: sizes that span several blocks and tiles, thread counts, the configs
+they cover, and the fallback when they cannot be built (their function and gradients against
+the eager CBAM for every option: test_fused_cbam.py)."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from cbam_mmdet.models.layers import CBAM
+from cbam_mmdet.models.layers import native_cbam
+from cbam_mmdet.utils import cpp_library
+
+pytestmark = pytest.mark.skipif(native_cbam.native_library() is None,
+                                reason='the native kernels could not be built here')
+
+
+def path_and_result(cbam, norm, x, grad):
+    """The path taken ('native', 'torch' or 'eager'), output, input and parameter gradients."""
+    x = x.detach().clone().requires_grad_()
+    out = cbam(x) if norm is None else cbam.forward_after_norm(norm, x)
+    out.backward(grad)
+    path = {'NativeCBAMFunctionBackward': 'native',
+            'FusedCBAMFunctionBackward': 'torch'}.get(type(out.grad_fn).__name__, 'eager')
+    modules = [cbam] + ([norm] if norm is not None else [])
+    grads = [p.grad.clone() for m in modules for p in m.parameters()]
+    return path, [out.detach(), x.grad] + grads
+
+
+def native_and_eager(channels, with_norm=True, dtype=torch.float64, **kwargs):
+    torch.manual_seed(0)
+    cbam = CBAM(channels, ratio=4, **kwargs)
+    for param in cbam.parameters():
+        nn.init.normal_(param, std=0.5)
+    norm = nn.BatchNorm2d(channels) if with_norm else None
+    eager = CBAM(channels, ratio=4, fused=False, **kwargs)
+    eager.load_state_dict(cbam.state_dict())
+    return [None if m is None else m.to(dtype)
+            for m in (cbam, norm, eager, copy.deepcopy(norm))]
+
+
+@pytest.mark.parametrize('shape', [(1, 40, 37, 29), (3, 24, 23, 45), (2, 64, 1, 1)])
+@pytest.mark.parametrize('threads', [1, 2])
+def test_large_and_odd_sizes(shape, threads):
+    """More than one 512-element block per plane, pixel tiles that do not divide H*W, a batch of
+    three, a 1x1 map; one or two threads."""
+    cbam, norm, eager, eager_norm = native_and_eager(shape[1])
+    x = torch.randn(shape, dtype=torch.float64) * 2 + 0.3
+    grad = torch.randn_like(x)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        path, native = path_and_result(cbam, norm, x, grad)
+    finally:
+        torch.set_num_threads(previous)
+    _, reference = path_and_result(eager, eager_norm, x, grad)
+    assert path == 'native'
+    for got, want in zip(native, reference):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(norm.running_var, eager_norm.running_var, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize('options,path', [
+    (dict(), 'native'),
+    (dict(spatial_norm_cfg=None), 'native'),  # conv with bias, no norm
+    (dict(kernel_size=3, pool_types=('max', 'avg')), 'native'),
+    (dict(spatial_norm_cfg=dict(type='GN', num_groups=1)), 'torch'),
+])
+def test_configs_covered(options, path):
+    cbam, norm, eager, eager_norm = native_and_eager(16, **options)
+    x = torch.randn(2, 16, 9, 11, dtype=torch.float64)
+    grad = torch.randn_like(x)
+    taken, result = path_and_result(cbam, norm, x, grad)
+    _, reference = path_and_result(eager, eager_norm, x, grad)
+    assert taken == path
+    for got, want in zip(result, reference):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_training_batch_of_one_value_is_refused_as_by_batch_norm():
+    cbam, norm, eager, eager_norm = native_and_eager(16)
+    x = torch.randn(1, 16, 1, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match='Expected more than 1 value per channel'):
+        eager.forward_after_norm(eager_norm, x)
+    with pytest.raises(ValueError, match='Expected more than 1 value per channel'):
+        cbam.forward_after_norm(norm, x)
+    assert norm.num_batches_tracked.item() == 0  # refused before any statistics update
+    cbam.eval()
+    norm.eval()
+    torch.testing.assert_close(cbam.forward_after_norm(norm, x),
+                               eager.eval().forward_after_norm(eager_norm.eval(), x))
+
+
+def test_without_compiler_one_warning_then_torch_ops(tmp_path, monkeypatch):
+    monkeypatch.setattr(native_cbam, '_library', None)  # not tried yet; restored afterwards
+    monkeypatch.setenv('CBAM_MMDET_CACHE', str(tmp_path))
+    monkeypatch.setattr(cpp_library, 'find_compiler', lambda: None)
+    cbam, norm, eager, eager_norm = native_and_eager(16, dtype=torch.float32)
+    x = torch.randn(2, 16, 5, 6)
+    grad = torch.randn_like(x)
+    with pytest.warns(RuntimeWarning, match='PyTorch-ops fused path') as warned:
+        taken, result = path_and_result(cbam, norm, x, grad)
+        path_and_result(cbam, norm, x, grad)
+    assert len(warned) == 1 and taken == 'torch'
+    assert 'no C++ compiler found' in str(warned[0].message)
+    cbam, norm, eager, eager_norm = native_and_eager(16, dtype=torch.float32)
+    _, reference = path_and_result(eager, eager_norm, x, grad)
+    for got, want in zip(result, reference):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -18,21 +18,27 @@ namespace {
 // Elements summed in T before a partial sum is added in double: few enough terms per SIMD lane
 // for float32 rounding to stay at the level of the eager ops', many enough to run at full speed.
 constexpr i64 kBlock = 512;
+// Pixels per tile of the passes that reduce over channels (their accumulators stay in L1).
+constexpr i64 kTile = 512;
+
+// Threads for a parallel loop of about ``work`` multiply-adds: small loops (the gates, the last
+// stages' maps) run on one thread, where waking a second one costs more than it saves.
+int team(i64 work, int threads) { return work >= (i64{1} << 16) ? threads : 1; }
 
 // Pixel tiles for the passes that reduce over channels: enough tiles for every thread, at most
-// 512 pixels (a tile's accumulators stay in L1), a multiple of 16 (whole cache lines).
+// kTile pixels, a multiple of 16 (whole cache lines).
 i64 tile_size(i64 n, i64 hw, int threads) {
-  i64 wanted_tiles = std::max<i64>(1, (4 * threads + n - 1) / n);
+  i64 wanted_tiles = std::max<i64>(1, (8 * threads + n - 1) / n);
   i64 tile = (hw + wanted_tiles - 1) / wanted_tiles;
   tile = (tile + 15) / 16 * 16;
-  return std::min<i64>(512, std::max<i64>(16, tile));
+  return std::min<i64>(kTile, std::max<i64>(16, tile));
 }
 
 // Per plane (n, c) of x: sum, sum of squares, max, min and, when wanted, the first index of each.
 template <typename T>
 void plane_stats(const T* x, i64 planes, i64 hw, double* sum, double* sumsq, T* max_out,
                  T* min_out, i64* argmax, i64* argmin, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(team(planes * hw, threads)) schedule(static)
   for (i64 q = 0; q < planes; ++q) {
     const T* p = x + q * hw;
     double s = 0, ss = 0;
@@ -66,17 +72,17 @@ void plane_stats(const T* x, i64 planes, i64 hw, double* sum, double* sumsq, T* 
   }
 }
 
-// Per pixel (n, p) of y = (x * scale + shift) * mc: max over channels, its first channel (when
-// wanted) and the mean over channels.
-template <typename T>
-void channel_pool(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T* shift, const T* mc,
-                  T* max_out, T* mean_out, i64* argmax, int threads) {
+// Per pixel (n, p) of y = (x * scale + shift) * mc: max over channels, its first channel (with
+// kIndex) and the mean over channels.  Two channels per step halve the accumulators' traffic.
+template <typename T, bool kIndex>
+void channel_pool_impl(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T* shift,
+                       const T* mc, T* max_out, T* mean_out, i64* argmax, int threads) {
   const i64 tile = tile_size(n, hw, threads), tiles = (hw + tile - 1) / tile;
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(team(n * c * hw, threads)) schedule(dynamic)
   for (i64 job = 0; job < n * tiles; ++job) {
     const i64 b = job / tiles, p0 = (job % tiles) * tile, len = std::min(tile, hw - p0);
-    T hi[512], acc[512];
-    int32_t at[512];
+    T hi[kTile], acc[kTile];
+    int32_t at[kTile];
     const T* xb = x + b * c * hw + p0;
     const T* mcb = mc + b * c;
     {
@@ -86,35 +92,65 @@ void channel_pool(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T* shi
         const T y = (xb[i] * s + t) * m;
         hi[i] = y;
         acc[i] = y;
-        at[i] = 0;
+        if (kIndex) at[i] = 0;
       }
     }
-    for (i64 ch = 1; ch < c; ++ch) {
+    i64 ch = 1;
+    for (; ch + 1 < c; ch += 2) {
+      const T* row0 = xb + ch * hw;
+      const T* row1 = row0 + hw;
+      const T s0 = scale[ch], t0 = shift[ch], m0 = mcb[ch];
+      const T s1 = scale[ch + 1], t1 = shift[ch + 1], m1 = mcb[ch + 1];
+      const int32_t c0 = static_cast<int32_t>(ch), c1 = c0 + 1;
+#pragma omp simd
+      for (i64 i = 0; i < len; ++i) {
+        const T y0 = (row0[i] * s0 + t0) * m0, y1 = (row1[i] * s1 + t1) * m1;
+        acc[i] = (acc[i] + y0) + y1;
+        T top = hi[i];
+        int32_t where = kIndex ? at[i] : 0;
+        if (kIndex) where = y0 > top ? c0 : where;  // strict: the first maximum wins
+        top = y0 > top ? y0 : top;
+        if (kIndex) where = y1 > top ? c1 : where;
+        top = y1 > top ? y1 : top;
+        hi[i] = top;
+        if (kIndex) at[i] = where;
+      }
+    }
+    for (; ch < c; ++ch) {
       const T* row = xb + ch * hw;
       const T s = scale[ch], t = shift[ch], m = mcb[ch];
 #pragma omp simd
       for (i64 i = 0; i < len; ++i) {
         const T y = (row[i] * s + t) * m;
         acc[i] += y;
-        const bool above = y > hi[i];  // strict: the first maximum wins
-        hi[i] = above ? y : hi[i];
-        at[i] = above ? static_cast<int32_t>(ch) : at[i];
+        if (kIndex) at[i] = y > hi[i] ? static_cast<int32_t>(ch) : at[i];
+        hi[i] = y > hi[i] ? y : hi[i];
       }
     }
     for (i64 i = 0; i < len; ++i) {
       max_out[b * hw + p0 + i] = hi[i];
       mean_out[b * hw + p0 + i] = acc[i] / static_cast<T>(c);
     }
-    if (argmax != nullptr)
+    if (kIndex)
       for (i64 i = 0; i < len; ++i) argmax[b * hw + p0 + i] = at[i];
   }
+}
+
+template <typename T>
+void channel_pool(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T* shift, const T* mc,
+                  T* max_out, T* mean_out, i64* argmax, int threads) {
+  if (argmax != nullptr)
+    channel_pool_impl<T, true>(x, n, c, hw, scale, shift, mc, max_out, mean_out, argmax, threads);
+  else
+    channel_pool_impl<T, false>(x, n, c, hw, scale, shift, mc, max_out, mean_out, argmax,
+                                threads);
 }
 
 // out = (x * scale + shift) * mc * ms: the CBAM output, y = z * Mc rounded as the eager module.
 template <typename T>
 void apply_gates(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T* shift, const T* mc,
                  const T* ms, T* out, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(team(n * c * hw, threads)) schedule(static)
   for (i64 q = 0; q < n * c; ++q) {
     const i64 b = q / c, ch = q % c;
     const T s = scale[ch], t = shift[ch], m = mc[q];
@@ -134,11 +170,11 @@ void grad_pass1(const T* g, const T* x, i64 n, i64 c, i64 hw, const T* scale, co
                 int threads) {
   const i64 tile = tile_size(n, hw, threads), tiles = (hw + tile - 1) / tile;
   std::vector<double> partial(static_cast<size_t>(2 * n * tiles * c));
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(team(n * c * hw, threads)) schedule(dynamic)
   for (i64 job = 0; job < n * tiles; ++job) {
     const i64 b = job / tiles, tile_index = job % tiles, p0 = tile_index * tile;
     const i64 len = std::min(tile, hw - p0);
-    T acc[512];
+    T acc[kTile];
     for (i64 i = 0; i < len; ++i) acc[i] = 0;
     const T* msb = ms + b * hw + p0;
     double* part = partial.data() + 2 * job * c;
@@ -178,7 +214,7 @@ void grad_pass1(const T* g, const T* x, i64 n, i64 c, i64 hw, const T* scale, co
 template <typename T>
 void weighted_plane_sums(const T* x, const T* w, i64 n, i64 c, i64 hw, double* out,
                          int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(team(n * c * hw, threads)) schedule(static)
   for (i64 q = 0; q < n * c; ++q) {
     const T* xp = x + q * hw;
     const T* wb = w + (q / c) * hw;
@@ -203,7 +239,7 @@ void grad_input(const T* g, const T* x, i64 n, i64 c, i64 hw, const T* ms, const
                 const T* coef_g, const T* coef_0, const T* coef_x, const i64* route_channel,
                 const T* route_pixel_value, const i64* route_pixel, const T* route_plane_value,
                 T* dx, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(team(n * c * hw, threads)) schedule(static)
   for (i64 q = 0; q < n * c; ++q) {
     const i64 b = q / c, ch = q % c;
     const T a = coef_g[q], k = coef_0[q], r = coef_x[ch];
@@ -227,7 +263,10 @@ void grad_input(const T* g, const T* x, i64 n, i64 c, i64 hw, const T* ms, const
 // conv, optionally BatchNorm(1), sigmoid).  Norm modes: 0 none, 1 training (batch statistics,
 // running statistics updated), 2 evaluation (running statistics).
 
-double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
+template <typename T>
+T sigmoid(T v) {
+  return T(1) / (T(1) + std::exp(-v));
+}
 
 // BatchNorm before CBAM from the plane statistics, the channel descriptors of z, and the MLP:
 // Mc = sigmoid(sum_p W2 relu(W1 d_p + b1) + b2).  desc (P, N, C) and hid (P, N, hidden) are kept
@@ -282,29 +321,30 @@ void channel_gate_forward(i64 n, i64 c, i64 hw, const double* sums, const double
     }
   }
   const i64 pools = use_avg + use_max, rows = pools * n;
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(team(hidden * rows * c, threads)) schedule(static)
   for (i64 j = 0; j < hidden; ++j)
     for (i64 r = 0; r < rows; ++r) {
       const T* d = desc + r * c;
       const T* wj = w1 + j * c;
-      double acc = 0;
+      T acc = 0;  // T accumulation, as the eager Linear
 #pragma omp simd reduction(+ : acc)
-      for (i64 i = 0; i < c; ++i) acc += static_cast<double>(wj[i]) * d[i];
-      hid[r * hidden + j] = static_cast<T>(std::max(acc + b1[j], 0.0));
+      for (i64 i = 0; i < c; ++i) acc += wj[i] * d[i];
+      hid[r * hidden + j] = std::max<T>(acc + b1[j], 0);
     }
-#pragma omp parallel for num_threads(threads) schedule(static)
+  // sum_p (W2 h_p + b2) = W2 (sum_p h_p) + P b2: one product per sample.
+  std::vector<T> hid_sum(static_cast<size_t>(n * hidden), T(0));
+  for (i64 p = 0; p < pools; ++p)
+    for (i64 b = 0; b < n; ++b)
+      for (i64 j = 0; j < hidden; ++j) hid_sum[b * hidden + j] += hid[(p * n + b) * hidden + j];
+#pragma omp parallel for num_threads(team(c * n * hidden, threads)) schedule(static)
   for (i64 i = 0; i < c; ++i)
     for (i64 b = 0; b < n; ++b) {
-      double logit = 0;
-      for (i64 p = 0; p < pools; ++p) {
-        const T* h = hid + (p * n + b) * hidden;
-        const T* wi = w2 + i * hidden;
-        double acc = b2[i];
+      const T* h = hid_sum.data() + b * hidden;
+      const T* wi = w2 + i * hidden;
+      T acc = 0;
 #pragma omp simd reduction(+ : acc)
-        for (i64 j = 0; j < hidden; ++j) acc += static_cast<double>(wi[j]) * h[j];
-        logit += acc;
-      }
-      mc[b * c + i] = static_cast<T>(sigmoid(logit));
+      for (i64 j = 0; j < hidden; ++j) acc += wi[j] * h[j];
+      mc[b * c + i] = sigmoid<T>(acc + static_cast<T>(pools) * b2[i]);
     }
 }
 
@@ -315,20 +355,20 @@ void spatial_gate_forward(i64 n, i64 h, i64 w, const T* smax, const T* smean, i6
                           const T* bn_bias, T* running_mean, T* running_var, double eps,
                           double momentum, T* pre, double* bn_stats, T* ms, int threads) {
   const i64 r = k / 2, hw = h * w;
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(team(n * h * w * 2 * k * k, threads))
   {
-    std::vector<double> acc(static_cast<size_t>(w));
+    std::vector<T> acc(static_cast<size_t>(w));  // at most 2 k^2 terms: T accumulation
 #pragma omp for schedule(static)
     for (i64 row = 0; row < n * h; ++row) {
       const i64 b = row / h, y = row % h;
-      std::fill(acc.begin(), acc.end(), bias != nullptr ? static_cast<double>(bias[0]) : 0.0);
+      std::fill(acc.begin(), acc.end(), bias != nullptr ? bias[0] : T(0));
       for (i64 ci = 0; ci < 2; ++ci) {
         const T* in = (ci == 0 ? smax : smean) + b * hw;
         for (i64 ky = 0; ky < k; ++ky) {
           const i64 yy = y + ky - r;
           if (yy < 0 || yy >= h) continue;
           for (i64 kx = 0; kx < k; ++kx) {
-            const double wt = weight[(ci * k + ky) * k + kx];
+            const T wt = weight[(ci * k + ky) * k + kx];
             const i64 x0 = std::max<i64>(0, r - kx), x1 = std::min<i64>(w, w + r - kx);
             const T* src = in + yy * w + kx - r;
 #pragma omp simd
@@ -336,7 +376,7 @@ void spatial_gate_forward(i64 n, i64 h, i64 w, const T* smax, const T* smean, i6
           }
         }
       }
-      for (i64 x = 0; x < w; ++x) pre[row * w + x] = static_cast<T>(acc[x]);
+      std::copy(acc.begin(), acc.end(), pre + row * w);
     }
   }
   const i64 total = n * hw;
@@ -363,10 +403,10 @@ void spatial_gate_forward(i64 n, i64 h, i64 w, const T* smax, const T* smean, i6
   }
   bn_stats[0] = mu;
   bn_stats[1] = is;
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(team(total * 16, threads)) schedule(static)
   for (i64 i = 0; i < total; ++i) {
     const T normed = norm_mode != 0 ? static_cast<T>((pre[i] - mu) * is * g + beta) : pre[i];
-    ms[i] = static_cast<T>(sigmoid(normed));
+    ms[i] = sigmoid<T>(normed);
   }
 }
 
@@ -402,7 +442,7 @@ void spatial_gate_backward(i64 n, i64 h, i64 w, i64 c, const T* grad_ms, const T
   }
   const i64 taps = 2 * k * k;
   std::vector<double> partial(static_cast<size_t>(threads * taps), 0.0);
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(team(n * h * w * 4 * k * k, threads))
   {
     double* mine = partial.data() + omp_get_thread_num() * taps;
     std::vector<double> acc0(static_cast<size_t>(w)), acc1(static_cast<size_t>(w));
@@ -498,7 +538,7 @@ void channel_gate_backward(
   for (i64 p = 0; p < pools; ++p)
     for (i64 b = 0; b < n; ++b)
       for (i64 j = 0; j < hidden; ++j) hid_sum[b * hidden + j] += hid[(p * n + b) * hidden + j];
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(team(c * n * hidden, threads))
   {
     std::vector<double> row(static_cast<size_t>(hidden));
 #pragma omp for schedule(static)
@@ -532,7 +572,7 @@ void channel_gate_backward(
       dhid[rr * hidden + j] = hid[rr * hidden + j] > 0 ? dh[(rr % n) * hidden + j] : 0.0;
   std::vector<double> ddesc(static_cast<size_t>(rows * c), 0.0);
   const i64 chunk = (c + threads - 1) / threads;
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(team(2 * hidden * rows * c, threads)) schedule(static)
   for (i64 t = 0; t < threads; ++t) {
     const i64 i0 = t * chunk, i1 = std::min(c, i0 + chunk);
     for (i64 j = 0; j < hidden; ++j) {

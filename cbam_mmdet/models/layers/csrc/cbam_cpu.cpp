@@ -25,19 +25,46 @@ constexpr i64 kTile = 512;
 // stages' maps) run on one thread, where waking a second one costs more than it saves.
 int team(i64 work, int threads) { return work >= (i64{1} << 16) ? threads : 1; }
 
-// Pixel tiles for the passes that reduce over channels: enough tiles for every thread, at most
-// kTile pixels, a multiple of 16 (whole cache lines).
-i64 tile_size(i64 n, i64 hw, int threads) {
-  i64 wanted_tiles = std::max<i64>(1, (8 * threads + n - 1) / n);
-  i64 tile = (hw + wanted_tiles - 1) / wanted_tiles;
-  tile = (tile + 15) / 16 * 16;
-  return std::min<i64>(kTile, std::max<i64>(16, tile));
+// Work split of the passes that reduce over channels: pixel tiles of at most kTile pixels and,
+// when a map has too few tiles to keep every thread busy (the last stages' small maps), chunks
+// of at least 32 channels whose per-pixel partial results are merged afterwards in channel
+// order.  A job is one (sample, tile, chunk).
+struct Split {
+  i64 tile, tiles, chunk, chunks;
+  Split(i64 n, i64 c, i64 hw, int threads) {
+    tiles = (hw + kTile - 1) / kTile;
+    tile = tiles == 1 ? hw : ((hw + tiles - 1) / tiles + 15) / 16 * 16;
+    tiles = (hw + tile - 1) / tile;
+    const i64 wanted = (8 * threads + n * tiles - 1) / (n * tiles);
+    chunks = std::max<i64>(1, std::min(wanted, c / 32));
+    chunk = (c + chunks - 1) / chunks;
+    chunks = (c + chunk - 1) / chunk;
+  }
+  i64 jobs(i64 n) const { return n * tiles * chunks; }
+};
+
+// First index of ``value`` in p[0, len) (len - 1 if absent, e.g. NaN), searched in vectorised
+// blocks.
+template <typename T>
+i64 first_index(const T* p, i64 len, T value) {
+  constexpr i64 kSearch = 64;
+  for (i64 i0 = 0; i0 < len; i0 += kSearch) {
+    const i64 i1 = std::min(len, i0 + kSearch);
+    i64 found = len;
+#pragma omp simd reduction(min : found)
+    for (i64 i = i0; i < i1; ++i) found = p[i] == value ? std::min(found, i) : found;
+    if (found < len) return found;
+  }
+  return len - 1;
 }
 
-// Per plane (n, c) of x: sum, sum of squares, max, min and, when wanted, the first index of each.
+// Per plane (n, c) of x: sum, sum of squares, max, min and, when wanted, the first index of the
+// one that is z's maximum: the max where the norm's weight (``sign``, null: none) is positive,
+// the min where it is negative, neither where it is 0 (z constant: index 0).
 template <typename T>
-void plane_stats(const T* x, i64 planes, i64 hw, double* sum, double* sumsq, T* max_out,
-                 T* min_out, i64* argmax, i64* argmin, int threads) {
+void plane_stats(const T* x, i64 planes, i64 c, i64 hw, const T* sign, double* sum,
+                 double* sumsq, T* max_out, T* min_out, i64* argmax, i64* argmin,
+                 int threads) {
 #pragma omp parallel for num_threads(team(planes * hw, threads)) schedule(static)
   for (i64 q = 0; q < planes; ++q) {
     const T* p = x + q * hw;
@@ -62,12 +89,9 @@ void plane_stats(const T* x, i64 planes, i64 hw, double* sum, double* sumsq, T* 
     max_out[q] = hi;
     min_out[q] = lo;
     if (argmax != nullptr) {  // the plane is still in cache
-      i64 i = 0;
-      while (i < hw - 1 && !(p[i] == hi)) ++i;
-      argmax[q] = i;
-      i = 0;
-      while (i < hw - 1 && !(p[i] == lo)) ++i;
-      argmin[q] = i;
+      const T weight = sign != nullptr ? sign[q % c] : T(1);
+      argmax[q] = weight > 0 ? first_index(p, hw, hi) : 0;
+      argmin[q] = weight < 0 ? first_index(p, hw, lo) : 0;
     }
   }
 }
@@ -77,46 +101,53 @@ void plane_stats(const T* x, i64 planes, i64 hw, double* sum, double* sumsq, T* 
 template <typename T, bool kIndex>
 void channel_pool_impl(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T* shift,
                        const T* mc, T* max_out, T* mean_out, i64* argmax, int threads) {
-  const i64 tile = tile_size(n, hw, threads), tiles = (hw + tile - 1) / tile;
+  const Split sp(n, c, hw, threads);
+  const i64 parts = sp.jobs(n) * sp.tile;
+  std::vector<T> part_max(parts), part_sum(parts);
+  std::vector<int32_t> part_at(kIndex ? parts : 0);
 #pragma omp parallel for num_threads(team(n * c * hw, threads)) schedule(dynamic)
-  for (i64 job = 0; job < n * tiles; ++job) {
-    const i64 b = job / tiles, p0 = (job % tiles) * tile, len = std::min(tile, hw - p0);
-    T hi[kTile], acc[kTile];
-    int32_t at[kTile];
+  for (i64 job = 0; job < sp.jobs(n); ++job) {
+    const i64 b = job / (sp.tiles * sp.chunks), tile_index = job / sp.chunks % sp.tiles;
+    const i64 c0 = job % sp.chunks * sp.chunk, c1 = std::min(c, c0 + sp.chunk);
+    const i64 p0 = tile_index * sp.tile, len = std::min(sp.tile, hw - p0);
+    T* hi = part_max.data() + job * sp.tile;
+    T* acc = part_sum.data() + job * sp.tile;
+    int32_t* at = kIndex ? part_at.data() + job * sp.tile : nullptr;
     const T* xb = x + b * c * hw + p0;
     const T* mcb = mc + b * c;
     {
-      const T s = scale[0], t = shift[0], m = mcb[0];
+      const T s = scale[c0], t = shift[c0], m = mcb[c0];
+      const T* row = xb + c0 * hw;
 #pragma omp simd
       for (i64 i = 0; i < len; ++i) {
-        const T y = (xb[i] * s + t) * m;
+        const T y = (row[i] * s + t) * m;
         hi[i] = y;
         acc[i] = y;
-        if (kIndex) at[i] = 0;
+        if (kIndex) at[i] = static_cast<int32_t>(c0);
       }
     }
-    i64 ch = 1;
-    for (; ch + 1 < c; ch += 2) {
+    i64 ch = c0 + 1;
+    for (; ch + 1 < c1; ch += 2) {
       const T* row0 = xb + ch * hw;
       const T* row1 = row0 + hw;
       const T s0 = scale[ch], t0 = shift[ch], m0 = mcb[ch];
       const T s1 = scale[ch + 1], t1 = shift[ch + 1], m1 = mcb[ch + 1];
-      const int32_t c0 = static_cast<int32_t>(ch), c1 = c0 + 1;
+      const int32_t i0 = static_cast<int32_t>(ch), i1 = i0 + 1;
 #pragma omp simd
       for (i64 i = 0; i < len; ++i) {
         const T y0 = (row0[i] * s0 + t0) * m0, y1 = (row1[i] * s1 + t1) * m1;
         acc[i] = (acc[i] + y0) + y1;
         T top = hi[i];
         int32_t where = kIndex ? at[i] : 0;
-        if (kIndex) where = y0 > top ? c0 : where;  // strict: the first maximum wins
+        if (kIndex) where = y0 > top ? i0 : where;  // strict: the first maximum wins
         top = y0 > top ? y0 : top;
-        if (kIndex) where = y1 > top ? c1 : where;
+        if (kIndex) where = y1 > top ? i1 : where;
         top = y1 > top ? y1 : top;
         hi[i] = top;
         if (kIndex) at[i] = where;
       }
     }
-    for (; ch < c; ++ch) {
+    for (; ch < c1; ++ch) {
       const T* row = xb + ch * hw;
       const T s = scale[ch], t = shift[ch], m = mcb[ch];
 #pragma omp simd
@@ -127,13 +158,28 @@ void channel_pool_impl(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T
         hi[i] = y > hi[i] ? y : hi[i];
       }
     }
-    for (i64 i = 0; i < len; ++i) {
-      max_out[b * hw + p0 + i] = hi[i];
-      mean_out[b * hw + p0 + i] = acc[i] / static_cast<T>(c);
-    }
-    if (kIndex)
-      for (i64 i = 0; i < len; ++i) argmax[b * hw + p0 + i] = at[i];
   }
+  // Merge the chunks of each tile in channel order.
+  for (i64 b = 0; b < n; ++b)
+    for (i64 tile_index = 0; tile_index < sp.tiles; ++tile_index) {
+      const i64 p0 = tile_index * sp.tile, len = std::min(sp.tile, hw - p0);
+      const i64 first = (b * sp.tiles + tile_index) * sp.chunks * sp.tile;
+      for (i64 i = 0; i < len; ++i) {
+        T top = part_max[first + i], sum = part_sum[first + i];
+        int32_t where = kIndex ? part_at[first + i] : 0;
+        for (i64 k = 1; k < sp.chunks; ++k) {
+          const i64 at = first + k * sp.tile + i;
+          sum += part_sum[at];
+          if (part_max[at] > top) {
+            top = part_max[at];
+            if (kIndex) where = part_at[at];
+          }
+        }
+        max_out[b * hw + p0 + i] = top;
+        mean_out[b * hw + p0 + i] = sum / static_cast<T>(c);
+        if (kIndex) argmax[b * hw + p0 + i] = where;
+      }
+    }
 }
 
 template <typename T>
@@ -168,22 +214,24 @@ template <typename T>
 void grad_pass1(const T* g, const T* x, i64 n, i64 c, i64 hw, const T* scale, const T* shift,
                 const T* mc, const T* ms, T* grad_ms, double* gms_sum, double* gms_x_sum,
                 int threads) {
-  const i64 tile = tile_size(n, hw, threads), tiles = (hw + tile - 1) / tile;
-  std::vector<double> partial(static_cast<size_t>(2 * n * tiles * c));
+  const Split sp(n, c, hw, threads);
+  std::vector<T> part_acc(sp.jobs(n) * sp.tile);
+  std::vector<double> partial(static_cast<size_t>(2 * n * sp.tiles * c));
 #pragma omp parallel for num_threads(team(n * c * hw, threads)) schedule(dynamic)
-  for (i64 job = 0; job < n * tiles; ++job) {
-    const i64 b = job / tiles, tile_index = job % tiles, p0 = tile_index * tile;
-    const i64 len = std::min(tile, hw - p0);
-    T acc[kTile];
+  for (i64 job = 0; job < sp.jobs(n); ++job) {
+    const i64 b = job / (sp.tiles * sp.chunks), tile_index = job / sp.chunks % sp.tiles;
+    const i64 c0 = job % sp.chunks * sp.chunk, c1 = std::min(c, c0 + sp.chunk);
+    const i64 p0 = tile_index * sp.tile, len = std::min(sp.tile, hw - p0);
+    T* acc = part_acc.data() + job * sp.tile;
     for (i64 i = 0; i < len; ++i) acc[i] = 0;
     const T* msb = ms + b * hw + p0;
-    double* part = partial.data() + 2 * job * c;
-    for (i64 ch = 0; ch < c; ++ch) {
+    double* part = partial.data() + 2 * (b * sp.tiles + tile_index) * c;
+    for (i64 ch = c0; ch < c1; ++ch) {
       const i64 offset = (b * c + ch) * hw + p0;
       const T* gp = g + offset;
       const T* xp = x + offset;
       const T s = scale[ch], t = shift[ch], m = mc[b * c + ch];
-      T gms = 0, gmsx = 0;  // at most kBlock terms
+      T gms = 0, gmsx = 0;  // at most kTile terms
 #pragma omp simd reduction(+ : gms, gmsx)
       for (i64 i = 0; i < len; ++i) {
         const T y = (xp[i] * s + t) * m;
@@ -195,13 +243,22 @@ void grad_pass1(const T* g, const T* x, i64 n, i64 c, i64 hw, const T* scale, co
       part[2 * ch] = gms;
       part[2 * ch + 1] = gmsx;
     }
-    for (i64 i = 0; i < len; ++i) grad_ms[b * hw + p0 + i] = acc[i];
   }
+  for (i64 b = 0; b < n; ++b)
+    for (i64 tile_index = 0; tile_index < sp.tiles; ++tile_index) {
+      const i64 p0 = tile_index * sp.tile, len = std::min(sp.tile, hw - p0);
+      const T* first = part_acc.data() + (b * sp.tiles + tile_index) * sp.chunks * sp.tile;
+      for (i64 i = 0; i < len; ++i) {
+        T sum = first[i];
+        for (i64 k = 1; k < sp.chunks; ++k) sum += first[k * sp.tile + i];
+        grad_ms[b * hw + p0 + i] = sum;
+      }
+    }
   for (i64 b = 0; b < n; ++b)
     for (i64 ch = 0; ch < c; ++ch) {
       double gms = 0, gmsx = 0;
-      for (i64 k = 0; k < tiles; ++k) {
-        const double* part = partial.data() + 2 * ((b * tiles + k) * c + ch);
+      for (i64 k = 0; k < sp.tiles; ++k) {
+        const double* part = partial.data() + 2 * ((b * sp.tiles + k) * c + ch);
         gms += part[0];
         gmsx += part[1];
       }
@@ -532,68 +589,66 @@ void channel_gate_backward(
     const double m = mc[q];
     dlogit[q] = (dy_x_sum[q] * scale[ch] + dy_sum[q] * shift[ch]) * m * (1 - m);
   }
-  // MLP backward.  The output layer's gradient is dlogit for every pool, so its weight
-  // gradient is dlogit^T (sum over pools of the hidden activations).
-  std::vector<double> dhid(static_cast<size_t>(rows * hidden)), hid_sum(n * hidden, 0.0);
+  // MLP backward, in T as the eager Linear layers.  The output layer's gradient is dlogit for
+  // every pool, so its weight gradient is dlogit^T (sum over pools of the hidden activations).
+  std::vector<T> dl(nc), hid_sum(n * hidden, T(0)), dhid(rows * hidden), ddesc(rows * c, T(0));
+  for (i64 q = 0; q < nc; ++q) dl[q] = static_cast<T>(dlogit[q]);
   for (i64 p = 0; p < pools; ++p)
     for (i64 b = 0; b < n; ++b)
       for (i64 j = 0; j < hidden; ++j) hid_sum[b * hidden + j] += hid[(p * n + b) * hidden + j];
-#pragma omp parallel num_threads(team(c * n * hidden, threads))
-  {
-    std::vector<double> row(static_cast<size_t>(hidden));
-#pragma omp for schedule(static)
-    for (i64 i = 0; i < c; ++i) {
-      double gb = 0;
-      std::fill(row.begin(), row.end(), 0.0);
+  const int team_size = team(2 * c * n * hidden, threads);
+  const i64 chunk = (c + team_size - 1) / team_size;
+  std::vector<T> dh_part(team_size * n * hidden, T(0));
+#pragma omp parallel for num_threads(team_size) schedule(static)
+  for (i64 t = 0; t < team_size; ++t) {
+    const i64 i0 = t * chunk, i1 = std::min(c, i0 + chunk);
+    T* dh = dh_part.data() + t * n * hidden;  // this chunk's part of W2^T dlogit
+    for (i64 i = i0; i < i1; ++i) {
+      const T* wi = w2 + i * hidden;
+      T* gw = grad_w2 + i * hidden;
+      T gb = 0;
+      for (i64 j = 0; j < hidden; ++j) gw[j] = 0;
       for (i64 b = 0; b < n; ++b) {
-        const double d = dlogit[b * c + i];
-        const double* hs = hid_sum.data() + b * hidden;
+        const T d = dl[b * c + i];
+        const T* hs = hid_sum.data() + b * hidden;
+        T* dhb = dh + b * hidden;
         gb += d;
 #pragma omp simd
-        for (i64 j = 0; j < hidden; ++j) row[j] += d * hs[j];
+        for (i64 j = 0; j < hidden; ++j) {
+          gw[j] += d * hs[j];
+          dhb[j] += d * wi[j];
+        }
       }
-      grad_b2[i] = static_cast<T>(gb * pools);
-      T* gw = grad_w2 + i * hidden;
-      for (i64 j = 0; j < hidden; ++j) gw[j] = static_cast<T>(row[j]);
+      grad_b2[i] = gb * static_cast<T>(pools);
     }
   }
   // dL/dhidden = W2^T dlogit (the same for every pool), masked by the ReLU.
-  std::vector<double> dh(static_cast<size_t>(n * hidden), 0.0);
-  for (i64 b = 0; b < n; ++b)
-    for (i64 i = 0; i < c; ++i) {
-      const double d = dlogit[b * c + i];
-      const T* wi = w2 + i * hidden;
-      double* out = dh.data() + b * hidden;
-#pragma omp simd
-      for (i64 j = 0; j < hidden; ++j) out[j] += d * wi[j];
-    }
   for (i64 rr = 0; rr < rows; ++rr)
-    for (i64 j = 0; j < hidden; ++j)
-      dhid[rr * hidden + j] = hid[rr * hidden + j] > 0 ? dh[(rr % n) * hidden + j] : 0.0;
-  std::vector<double> ddesc(static_cast<size_t>(rows * c), 0.0);
-  const i64 chunk = (c + threads - 1) / threads;
-#pragma omp parallel for num_threads(team(2 * hidden * rows * c, threads)) schedule(static)
-  for (i64 t = 0; t < threads; ++t) {
+    for (i64 j = 0; j < hidden; ++j) {
+      T sum = 0;
+      for (i64 t = 0; t < team_size; ++t) sum += dh_part[(t * n + rr % n) * hidden + j];
+      dhid[rr * hidden + j] = hid[rr * hidden + j] > 0 ? sum : T(0);
+    }
+#pragma omp parallel for num_threads(team_size) schedule(static)
+  for (i64 t = 0; t < team_size; ++t) {
     const i64 i0 = t * chunk, i1 = std::min(c, i0 + chunk);
     for (i64 j = 0; j < hidden; ++j) {
       const T* wj = w1 + j * c;
-      double gb = 0;
-      for (i64 rr = 0; rr < rows; ++rr) {
-        const double d = dhid[rr * hidden + j];
-        gb += d;
-        double* out = ddesc.data() + rr * c;
-#pragma omp simd
-        for (i64 i = i0; i < i1; ++i) out[i] += d * wj[i];
-      }
-      if (t == 0) grad_b1[j] = static_cast<T>(gb);
       T* gw = grad_w1 + j * c;
+      T gb = 0;
       for (i64 i = i0; i < i1; ++i) gw[i] = 0;
-      for (i64 rr = 0; rr < rows; ++rr) {  // at most 2 pools x the batch: T accumulation
-        const T d = static_cast<T>(dhid[rr * hidden + j]);
+      for (i64 rr = 0; rr < rows; ++rr) {
+        const T d = dhid[rr * hidden + j];
         const T* dr = desc + rr * c;
+        T* out = ddesc.data() + rr * c;
+        gb += d;
 #pragma omp simd
-        for (i64 i = i0; i < i1; ++i) gw[i] += d * dr[i];
+        for (i64 i = i0; i < i1; ++i) {
+          out[i] += d * wj[i];
+          gw[i] += d * dr[i];
+        }
       }
+      if (t == 0) grad_b1[j] = gb;
     }
   }
   // dz = Mc * dy + dL/davg / HW (+ dL/dmax at the spatial maximum); BN's backward.
@@ -705,7 +760,8 @@ void forward(const T* x, T* out, const Gates& g, const Saved& s) {
       minima(nullptr, n * c);
   std::vector<double> sumsq(static_cast<size_t>(n * c));
   std::vector<i64> argmax(training ? n * c : 0), argmin(training ? n * c : 0);
-  plane_stats<T>(x, n * c, hw, sums.ptr, sumsq.data(), maxima.ptr, minima.ptr,
+  plane_stats<T>(x, n * c, c, hw, in<T>(g.bn_weight), sums.ptr, sumsq.data(), maxima.ptr,
+                 minima.ptr,
                  training ? argmax.data() : nullptr, training ? argmin.data() : nullptr,
                  g.threads);
   channel_gate_forward<T>(n, c, hw, sums.ptr, sumsq.data(), maxima.ptr, minima.ptr,

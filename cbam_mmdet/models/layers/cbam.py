@@ -165,10 +165,11 @@ class CBAM(BaseModule):
         arrangement (str): 'channel_first' (Eq. 1), 'spatial_first', 'parallel'
             (sigmoid(Mc + Ms), Table 3), or a single gate: 'channel', 'spatial'.
             Defaults to 'channel_first'.
-        fused (bool): Compute 'channel_first' with the 'pool' descriptor through
-            ``FusedCBAMFunction`` (same parameters, function and gradients, faster, less memory;
-            see ``fused_cbam.py``). False, other options, autocast and tracing use the
-            straightforward eager ops. Defaults to True.
+        fused (bool): Compute 'channel_first' with the 'pool' descriptor through a fused
+            function (same parameters, function and gradients, faster, less memory): the C++
+            kernels of ``native_cbam.py`` on CPU, ``FusedCBAMFunction`` (``fused_cbam.py``)
+            elsewhere. False, other options, autocast and tracing use the straightforward eager
+            ops. Defaults to True.
         init_cfg (dict, optional): Initialisation config. Defaults to None, which gives the
             authors' init: Kaiming-normal (fan_out) convs, PyTorch-default MLP, and a spatial BN
             weight of 0 so the spatial gate starts at sigmoid(0) = 0.5.

@@ -25,7 +25,10 @@ spatial descriptor (the authors' layout) as follows:
   recomputes the normalised map in backward, so a CBAM block keeps no full-size tensor more than
   the plain block.
 
-``CBAM`` uses its eager ops instead (the reference, ``CBAM(..., fused=False)``) for the other
+On CPU, ``CBAM`` runs ``NativeCBAMFunction`` (``native_cbam.py``: the same computation in C++)
+where it applies, and this function elsewhere (GPUs, channels_last, half precision, other
+spatial norms, no compiler). ``CBAM`` uses its eager ops (the reference,
+``CBAM(..., fused=False)``) for the other
 arrangements and the 'conv' descriptor, under autocast, under tracing/scripting/``torch.compile``
 (so FLOP counters see the ops), and for inputs that are not floating point or neither NCHW- nor
 NHWC-contiguous.

@@ -1,9 +1,9 @@
-// CPU passes of the fused CBAM (see native_cbam.py for the algebra that ties them together).
+// The fused CBAM on CPU: forward and backward of (BatchNorm +) CBAM in one call each.  The
+// design (what is read, recomputed and saved) is in native_cbam.py's docstring.
 //
-// Every pass reads the block's (N, C, HW) input x (NCHW, contiguous) once and, where the CBAM
-// follows a BatchNorm, computes the normalised map z = x * scale[c] + shift[c] on the fly instead
-// of reading a stored one; y = z * Mc is never stored either.  Sums are accumulated in double.
-// Threads: OpenMP with the thread count the caller passes (torch's), sharing torch's libgomp.
+// Tensors are contiguous NCHW, T is float or double.  Every pass reads the block's input x and
+// recomputes z = x * scale[c] + shift[c] (the normalised map) and y = z * Mc on the fly.
+// Threads: OpenMP with the caller's (torch's) thread count, sharing torch's libgomp.
 #include <omp.h>
 
 #include <algorithm>

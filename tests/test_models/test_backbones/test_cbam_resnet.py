@@ -203,7 +203,10 @@ def test_start_from_parent_computes_the_plain_parent(plain_resnet_checkpoint, ar
         plain.train(mode)
         model.train(mode)
         for ours, theirs in zip(model(x), plain(x)):
-            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+            # float32 rounding only: the fused BN + CBAM normalises as x * scale + shift from
+            # float64 statistics, PyTorch's BN otherwise (float64: 2e-14 relative).
+            torch.testing.assert_close(ours, theirs, rtol=1e-4,
+                                       atol=1e-5 * theirs.abs().max().item())
     model(x)[-1].sum().backward()
     assert model.layer4[1].cbam.channel_gate.mlp[2].weight.grad.abs().sum() > 0
 

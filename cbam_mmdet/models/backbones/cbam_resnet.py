@@ -17,14 +17,20 @@ from ...utils.pretrained import check_pretrained_resnet
 DEFAULT_CBAM_CFG = dict(type='CBAM')
 
 
-def norm_then_plugins(block: nn.Module, norm: nn.Module, x: Tensor, plugin_names) -> Tensor:
-    """``norm(x)`` followed by the block's plugins; a CBAM right after the norm runs the norm
-    inside its fused function (``CBAM.forward_after_norm``), so the block keeps no normalised
-    map for backward."""
+def norm_then_plugins(block: nn.Module, conv: nn.Module, norm: nn.Module, x: Tensor,
+                      plugin_names) -> Tensor:
+    """``norm(conv(x))`` followed by the block's plugins. A CBAM right after the norm runs the
+    norm inside its fused function (``CBAM.forward_after_norm``), so the block keeps no
+    normalised map for backward, and in inference writes its output over the conv's output, a
+    temporary of the block (as the blocks' in-place ReLUs do), unless a forward hook may keep it.
+    """
+    out = conv(x)
     first = getattr(block, plugin_names[0]) if plugin_names else None
     if isinstance(first, CBAM):
-        return block.forward_plugin(first.forward_after_norm(norm, x), plugin_names[1:])
-    return block.forward_plugin(norm(x), plugin_names)
+        private = not (conv._forward_hooks or nn.modules.module._global_forward_hooks)
+        return block.forward_plugin(
+            first.forward_after_norm(norm, out, overwrite_input=private), plugin_names[1:])
+    return block.forward_plugin(norm(out), plugin_names)
 
 
 class CBAMBasicBlock(BasicBlock):
@@ -52,7 +58,7 @@ class CBAMBasicBlock(BasicBlock):
         def _inner_forward(x):
             out = self.relu(self.norm1(self.conv1(x)))
             out = self.forward_plugin(out, self.after_conv1_plugin_names)
-            out = norm_then_plugins(self, self.norm2, self.conv2(out),
+            out = norm_then_plugins(self, self.conv2, self.norm2, out,
                                     self.after_conv2_plugin_names)
             identity = x if self.downsample is None else self.downsample(x)
             return out + identity
@@ -125,7 +131,7 @@ class FusedNormBottleneckMixin:
             out = self.relu(self.norm2(self.conv2(out)))
             if self.with_plugins:
                 out = self.forward_plugin(out, self.after_conv2_plugin_names)
-            out = norm_then_plugins(self, self.norm3, self.conv3(out),
+            out = norm_then_plugins(self, self.conv3, self.norm3, out,
                                     self.after_conv3_plugin_names if self.with_plugins else [])
             identity = x if self.downsample is None else self.downsample(x)
             out += identity

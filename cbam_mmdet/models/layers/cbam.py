@@ -283,20 +283,30 @@ class CBAM(BaseModule):
                 and not autocast_enabled(x.device.type) and not torch.jit.is_tracing()
                 and not torch.jit.is_scripting() and not is_compiling())
 
-    def forward_after_norm(self, norm: nn.Module, x: Tensor) -> Tensor:
+    def forward_after_norm(self, norm: nn.Module, x: Tensor,
+                           overwrite_input: bool = False) -> Tensor:
         """``self(norm(x))``; a plain ``nn.BatchNorm2d`` runs inside the fused function, which
-        then keeps ``x`` (kept by the norm anyway) instead of the normalised map."""
+        then keeps ``x`` (kept by the norm anyway) instead of the normalised map.
+
+        Args:
+            norm (nn.Module): The norm before CBAM (a block's last BN).
+            x (Tensor): The norm's input, (N, C, H, W).
+            overwrite_input (bool): ``x`` is a temporary nobody else reads (a block's conv
+                output): when no gradient is recorded, the C++ path writes the output into it
+                instead of a new tensor. Defaults to False.
+        """
         fusable_norm = (type(norm) is nn.BatchNorm2d and norm.affine and norm.track_running_stats
                         and not (norm._forward_hooks or norm._forward_pre_hooks))
         # Hooks and a replaced ``forward`` (tools, tests) must see CBAM's own input.
         hooked = self._forward_hooks or self._forward_pre_hooks or 'forward' in vars(self)
         if fusable_norm and not hooked and self._use_fused(x):
-            return self._fused_forward(x, norm)
+            return self._fused_forward(x, norm, overwrite_input)
         return self(norm(x))
 
-    def _fused_forward(self, x: Tensor, norm: Optional[nn.BatchNorm2d] = None) -> Tensor:
+    def _fused_forward(self, x: Tensor, norm: Optional[nn.BatchNorm2d] = None,
+                       overwrite_input: bool = False) -> Tensor:
         if native_supported(self, x):
-            return native_cbam(x, self, norm)
+            return native_cbam(x, self, norm, overwrite_input)
         return fused_cbam(x, self, norm)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -160,8 +160,10 @@ def _kernel(direction: str, dtype: torch.dtype):
 
 
 def _forward(inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d], params,
-             with_grad: bool):
-    """cbam(norm(inp)); with ``with_grad`` also the gates' struct and the saved small tensors."""
+             with_grad: bool, out: Optional[Tensor] = None):
+    """cbam(norm(inp)) into ``out`` (a new tensor if None; ``inp`` itself is allowed: every
+    pixel is read before it is written); with ``with_grad`` also the gates' struct and the
+    saved small tensors."""
     n, c, h, w = inp.shape
     gates = _gates(inp, cbam, norm, params)
     saved = {}
@@ -176,7 +178,7 @@ def _forward(inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d], param
             smax=inp.new_empty(n, h * w), smean=inp.new_empty(n, h * w),
             pre=inp.new_empty(n, h * w), ms=inp.new_empty(n, h * w),
             pixel_of_max=torch.empty(n, c, **i64), channel_of_max=torch.empty(n, h * w, **i64))
-    out = torch.empty_like(inp)
+    out = torch.empty_like(inp) if out is None else out
     _kernel('forward', inp.dtype)(
         ctypes.c_void_p(inp.data_ptr()), ctypes.c_void_p(out.data_ptr()), ctypes.byref(gates),
         ctypes.byref(_Saved(**{k: v.data_ptr() for k, v in saved.items()})))
@@ -246,8 +248,12 @@ def native_supported(cbam: nn.Module, x: Tensor) -> bool:
     return native_library() is not None
 
 
-def native_cbam(inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d] = None) -> Tensor:
-    """``cbam(inp)``, or ``cbam(norm(inp))`` with ``norm``, through the native kernels."""
+def native_cbam(inp: Tensor,
+                cbam: nn.Module,
+                norm: Optional[nn.BatchNorm2d] = None,
+                overwrite_input: bool = False) -> Tensor:
+    """``cbam(inp)``, or ``cbam(norm(inp))`` with ``norm``, through the native kernels; without
+    autograd recording and with ``overwrite_input``, the output is written into ``inp``."""
     params = list(cbam.parameters())
     if norm is not None:
         params = [norm.weight, norm.bias] + params
@@ -256,5 +262,6 @@ def native_cbam(inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d] = N
     if needs_grad:
         return NativeCBAMFunction.apply(inp, cbam, norm, *params)
     with torch.no_grad():
-        return _forward(inp, cbam, norm, _gate_params(cbam, norm, params), with_grad=False)[0]
+        return _forward(inp, cbam, norm, _gate_params(cbam, norm, params), with_grad=False,
+                        out=inp if overwrite_input else None)[0]
 

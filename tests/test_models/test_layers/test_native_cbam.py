@@ -107,3 +107,43 @@ def test_without_compiler_one_warning_then_torch_ops(tmp_path, monkeypatch):
     _, reference = path_and_result(eager, eager_norm, x, grad)
     for got, want in zip(result, reference):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_overwrite_input_only_without_autograd():
+    cbam, norm, eager, eager_norm = (m.eval() for m in native_and_eager(16))
+    x = torch.randn(2, 16, 9, 11, dtype=torch.float64)
+    expected = eager.forward_after_norm(eager_norm, x)
+    with torch.no_grad():
+        temporary = x.clone()
+        out = cbam.forward_after_norm(norm, temporary, overwrite_input=True)
+    assert out.data_ptr() == temporary.data_ptr()
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+    kept = x.clone().requires_grad_()
+    out = cbam.forward_after_norm(norm, kept, overwrite_input=True)  # autograd needs the input
+    assert out.data_ptr() != kept.data_ptr()
+    torch.testing.assert_close(kept.detach(), x, rtol=0, atol=0)
+
+
+def test_backbone_inference_keeps_a_hooked_conv_output():
+    """Blocks let CBAM overwrite their last conv's output in inference, unless a hook may hold
+    it; both ways the features are the eager backbone's."""
+    from cbam_mmdet.models.backbones import CBAMResNet
+    from cbam_mmdet.models.backbones.cbam_resnet import mmdet_scope_if_unset
+    with mmdet_scope_if_unset():
+        fused = CBAMResNet(depth=18)
+        eager = CBAMResNet(depth=18, cbam_cfg=dict(type='CBAM', fused=False))
+    eager.load_state_dict(fused.state_dict())
+    fused.eval()
+    eager.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = eager(x)
+        for got, want in zip(fused(x), expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        seen = []
+        conv = fused.layer1[0].conv2
+        conv.register_forward_hook(lambda module, args, output: seen.append((args[0], output)))
+        for got, want in zip(fused(x), expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        conv_input, conv_output = seen[0]
+        torch.testing.assert_close(conv_output, conv(conv_input), rtol=0, atol=0)

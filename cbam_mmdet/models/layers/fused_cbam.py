@@ -241,13 +241,21 @@ class FusedCBAMFunction(torch.autograd.Function):
         return (grad_in, None, None, *norm_grads, *channel_grads, *spatial_grads)
 
 
-def fused_cbam(inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d] = None) -> Tensor:
-    """Run ``cbam(inp)``, or ``cbam(norm(inp))`` with ``norm``, through the fused path."""
+def function_params(inp: Tensor, cbam: nn.Module,
+                    norm: Optional[nn.BatchNorm2d]) -> Tuple[List[Tensor], bool]:
+    """The parameters a fused function takes (the norm's weight and bias when given, then
+    ``cbam.parameters()``) and whether autograd must record the call."""
     params = list(cbam.parameters())
     if norm is not None:
         params = [norm.weight, norm.bias] + params
     needs_grad = torch.is_grad_enabled() and (
         inp.requires_grad or any(p.requires_grad for p in params))
+    return params, needs_grad
+
+
+def fused_cbam(inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d] = None) -> Tensor:
+    """Run ``cbam(inp)``, or ``cbam(norm(inp))`` with ``norm``, through the fused path."""
+    params, needs_grad = function_params(inp, cbam, norm)
     if needs_grad:
         return FusedCBAMFunction.apply(inp, cbam, norm, *params)
     x = inp if norm is None else _batch_norm_forward(norm, inp)[0]

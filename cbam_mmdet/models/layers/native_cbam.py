@@ -37,6 +37,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from cbam_mmdet.utils.cpp_library import load_library
+from .fused_cbam import function_params
 
 SOURCE = Path(__file__).with_name('csrc') / 'cbam_cpu.cpp'
 _SUFFIX = {torch.float32: 'f32', torch.float64: 'f64'}
@@ -254,11 +255,7 @@ def native_cbam(inp: Tensor,
                 overwrite_input: bool = False) -> Tensor:
     """``cbam(inp)``, or ``cbam(norm(inp))`` with ``norm``, through the native kernels; without
     autograd recording and with ``overwrite_input``, the output is written into ``inp``."""
-    params = list(cbam.parameters())
-    if norm is not None:
-        params = [norm.weight, norm.bias] + params
-    needs_grad = torch.is_grad_enabled() and (
-        inp.requires_grad or any(p.requires_grad for p in params))
+    params, needs_grad = function_params(inp, cbam, norm)
     if needs_grad:
         return NativeCBAMFunction.apply(inp, cbam, norm, *params)
     with torch.no_grad():

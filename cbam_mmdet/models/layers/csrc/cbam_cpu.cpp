@@ -41,6 +41,16 @@ struct Split {
     chunks = (c + chunk - 1) / chunk;
   }
   i64 jobs(i64 n) const { return n * tiles * chunks; }
+
+  struct Job {
+    i64 b, tile_index, c0, c1, p0, len;  // sample, tile, channels [c0, c1), pixels [p0, p0+len)
+  };
+  Job job(i64 index, i64 c, i64 hw) const {
+    const i64 tile_index = index / chunks % tiles, c0 = index % chunks * chunk;
+    const i64 p0 = tile_index * tile;
+    return {index / (tiles * chunks), tile_index, c0, std::min(c, c0 + chunk), p0,
+            std::min(tile, hw - p0)};
+  }
 };
 
 // First index of ``value`` in p[0, len) (len - 1 if absent, e.g. NaN), searched in vectorised
@@ -107,9 +117,7 @@ void channel_pool_impl(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T
   std::vector<int32_t> part_at(kIndex ? parts : 0);
 #pragma omp parallel for num_threads(team(n * c * hw, threads)) schedule(dynamic)
   for (i64 job = 0; job < sp.jobs(n); ++job) {
-    const i64 b = job / (sp.tiles * sp.chunks), tile_index = job / sp.chunks % sp.tiles;
-    const i64 c0 = job % sp.chunks * sp.chunk, c1 = std::min(c, c0 + sp.chunk);
-    const i64 p0 = tile_index * sp.tile, len = std::min(sp.tile, hw - p0);
+    const auto [b, tile_index, c0, c1, p0, len] = sp.job(job, c, hw);
     T* hi = part_max.data() + job * sp.tile;
     T* acc = part_sum.data() + job * sp.tile;
     int32_t* at = kIndex ? part_at.data() + job * sp.tile : nullptr;
@@ -219,9 +227,7 @@ void grad_pass1(const T* g, const T* x, i64 n, i64 c, i64 hw, const T* scale, co
   std::vector<double> partial(static_cast<size_t>(2 * n * sp.tiles * c));
 #pragma omp parallel for num_threads(team(n * c * hw, threads)) schedule(dynamic)
   for (i64 job = 0; job < sp.jobs(n); ++job) {
-    const i64 b = job / (sp.tiles * sp.chunks), tile_index = job / sp.chunks % sp.tiles;
-    const i64 c0 = job % sp.chunks * sp.chunk, c1 = std::min(c, c0 + sp.chunk);
-    const i64 p0 = tile_index * sp.tile, len = std::min(sp.tile, hw - p0);
+    const auto [b, tile_index, c0, c1, p0, len] = sp.job(job, c, hw);
     T* acc = part_acc.data() + job * sp.tile;
     for (i64 i = 0; i < len; ++i) acc[i] = 0;
     const T* msb = ms + b * hw + p0;

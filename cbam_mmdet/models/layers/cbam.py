@@ -305,7 +305,7 @@ class CBAM(BaseModule):
 
     def _fused_forward(self, x: Tensor, norm: Optional[nn.BatchNorm2d] = None,
                        overwrite_input: bool = False) -> Tensor:
-        if native_supported(self, x):
+        if native_supported(self, x, norm):
             return native_cbam(x, self, norm, overwrite_input)
         return fused_cbam(x, self, norm)
 

@@ -227,9 +227,10 @@ class NativeCBAMFunction(torch.autograd.Function):
         return (grads[0], None, None, *param_grads)
 
 
-def native_supported(cbam: nn.Module, x: Tensor) -> bool:
-    """Whether the native kernels cover this CBAM (its gates in the default form) and input
-    (contiguous NCHW float32/float64 on CPU, the CBAM's parameters in the same dtype)."""
+def native_supported(cbam: nn.Module, x: Tensor, norm: Optional[nn.BatchNorm2d] = None) -> bool:
+    """Whether the native kernels cover this CBAM (its gates in the default form), the norm
+    before it, and the input: contiguous NCHW float32/float64 on CPU, every parameter and
+    statistic contiguous in the same dtype and on the CPU (the kernels read raw memory)."""
     if not (x.device.type == 'cpu' and x.dtype in _SUFFIX and x.is_contiguous()
             and x.numel() > 0):
         return False
@@ -242,9 +243,13 @@ def native_supported(cbam: nn.Module, x: Tensor) -> bool:
     norm_ok = (not spatial.with_norm
                or (type(spatial.norm) is nn.BatchNorm2d and spatial.norm.affine
                    and spatial.norm.track_running_stats))
+    tensors = [*cbam.parameters(), *cbam.buffers()]
+    if norm is not None:
+        tensors += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
     if not (plain_conv and norm_ok and not spatial.with_activation
             and tuple(spatial.order) == ('conv', 'norm', 'act')
-            and all(p.dtype == x.dtype for p in cbam.parameters())):
+            and all(t.dtype == x.dtype and t.device == x.device and t.is_contiguous()
+                    for t in tensors if t.is_floating_point())):
         return False
     return native_library() is not None
 

@@ -147,3 +147,24 @@ def test_backbone_inference_keeps_a_hooked_conv_output():
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         conv_input, conv_output = seen[0]
         torch.testing.assert_close(conv_output, conv(conv_input), rtol=0, atol=0)
+
+
+def test_parameters_the_kernels_cannot_read_take_the_torch_ops_path():
+    """The kernels read raw memory: a norm in another dtype or a non-contiguous parameter (e.g.
+    substituted by ``functional_call``) must not reach them."""
+    x = torch.randn(2, 16, 5, 6)
+    grad = torch.randn_like(x)
+    cbam, norm, eager, eager_norm = native_and_eager(16, dtype=torch.float32)
+    with pytest.raises(RuntimeError):  # what the eager module does with a float64 norm
+        eager.forward_after_norm(eager_norm.double(), x)
+    with pytest.raises(RuntimeError):
+        cbam.forward_after_norm(norm.double(), x)
+    cbam, norm, eager, eager_norm = native_and_eager(16, dtype=torch.float32)
+    weight = cbam.spatial_gate.spatial.conv.weight
+    weight.data = weight.data.transpose(2, 3).contiguous().transpose(2, 3)  # same values
+    assert not weight.is_contiguous()
+    taken, result = path_and_result(cbam, norm, x, grad)
+    _, reference = path_and_result(eager, eager_norm, x, grad)
+    assert taken == 'torch'
+    for got, want in zip(result, reference):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

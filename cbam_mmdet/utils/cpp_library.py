@@ -3,10 +3,14 @@
 The library is built on first use with the system's C++ compiler (``$CXX``, else ``c++``/``g++``)
 into a cache directory (``$CBAM_MMDET_CACHE``, else ``$XDG_CACHE_HOME/cbam_mmdet``, else
 ``~/.cache/cbam_mmdet``), named after a hash of the source, the compiler, the flags and the CPU,
-so a changed source or another machine builds its own copy. Building takes about a second; it
-is written to a temporary file and renamed, so concurrent processes (distributed training) and
+so a changed source or another machine builds its own copy. Building takes about 4 s; it is
+written to a temporary file and renamed, so concurrent processes (distributed training) and
 interruptions never leave a half-written library. Without a working compiler the caller gets
 None and one warning naming the reason and the fix.
+
+Not ``torch.utils.cpp_extension.load``: it compiles against torch's C++ headers (about a minute
+on 2 cores, on the first training step) and needs ninja; these kernels take raw pointers
+through ctypes and need only a compiler with OpenMP.
 """
 import ctypes
 import hashlib

@@ -33,6 +33,7 @@ arrangements and the 'conv' descriptor, under autocast, under tracing/scripting/
 (so FLOP counters see the ops), and for inputs that are not floating point or neither NCHW- nor
 NHWC-contiguous.
 """
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -78,14 +79,27 @@ def _first_argmax_spatial(x: Tensor) -> Tuple[Tensor, Tensor]:
     return row_max.amax(2), row * w + col
 
 
+def check_batch_size(norm: Optional[nn.BatchNorm2d], shape: Sequence[int]) -> None:
+    """Refuse a training batch with one value per channel, as ``F.batch_norm`` does."""
+    if norm is not None and norm.training and math.prod(shape) == shape[1]:
+        raise ValueError(f'Expected more than 1 value per channel when training, got input '
+                         f'size {list(shape)}')
+
+
+def count_batch(norm: Optional[nn.BatchNorm2d]) -> float:
+    """Count a training batch in ``norm`` as ``nn.BatchNorm2d.forward`` does and return the
+    momentum of its running statistics for this batch (0 without a norm or in evaluation)."""
+    if norm is None or not norm.training:
+        return 0.0
+    norm.num_batches_tracked.add_(1)
+    return 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+
+
 def _batch_norm_forward(norm: nn.BatchNorm2d, z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """``norm(z)`` as ``nn.BatchNorm2d.forward`` computes it (running statistics updated), plus
     the per-channel mean and inverse std it normalised with."""
-    momentum = 0.0
-    if norm.training:
-        norm.num_batches_tracked.add_(1)
-        momentum = (1.0 / float(norm.num_batches_tracked)
-                    if norm.momentum is None else norm.momentum)
+    check_batch_size(norm, z.shape)
+    momentum = count_batch(norm)
     x, mean, invstd = torch.native_batch_norm(z, norm.weight, norm.bias, norm.running_mean,
                                               norm.running_var, norm.training, momentum,
                                               norm.eps)

@@ -37,7 +37,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from cbam_mmdet.utils.cpp_library import load_library
-from .fused_cbam import function_params
+from .fused_cbam import check_batch_size, count_batch, function_params
 
 SOURCE = Path(__file__).with_name('csrc') / 'cbam_cpu.cpp'
 _SUFFIX = {torch.float32: 'f32', torch.float64: 'f64'}
@@ -95,20 +95,6 @@ def _norm_mode(norm: Optional[nn.BatchNorm2d]) -> int:
     return 0 if norm is None else 1 if norm.training else 2
 
 
-def _momentum(norm: Optional[nn.BatchNorm2d]) -> float:
-    """BatchNorm's momentum for this call, counting the batch as ``nn.BatchNorm2d`` does."""
-    if norm is None or not norm.training:
-        return 0.0
-    norm.num_batches_tracked.add_(1)
-    return 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
-
-
-def _check_batch(norm: Optional[nn.BatchNorm2d], count: int, shape) -> None:
-    if norm is not None and norm.training and count == 1:  # as F.batch_norm
-        raise ValueError(f'Expected more than 1 value per channel when training, got input '
-                         f'size {list(shape)}')
-
-
 def _spatial_norm(cbam: nn.Module) -> Optional[nn.BatchNorm2d]:
     spatial = cbam.spatial_gate.spatial
     return spatial.norm if spatial.with_norm else None
@@ -133,8 +119,8 @@ def _gates(x: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d], params) -
     n, c, h, w = x.shape
     norm_weight, norm_bias, w1, b1, w2, b2, conv_weight, conv_bias, sn_weight, sn_bias = params
     spatial_norm = _spatial_norm(cbam)
-    _check_batch(norm, n * h * w, (n, c, h, w))
-    _check_batch(spatial_norm, n * h * w, (n, 1, h, w))
+    check_batch_size(norm, (n, c, h, w))
+    check_batch_size(spatial_norm, (n, 1, h, w))
     pool_types = cbam.channel_gate.pool_types
     gates = _Gates(
         n=n, c=c, h=h, w=w, hidden=w1.shape[0], w1=_address(w1), b1=_address(b1),
@@ -152,7 +138,7 @@ def _gates(x: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d], params) -
             setattr(gates, f'{prefix}_running_mean', _address(module.running_mean))
             setattr(gates, f'{prefix}_running_var', _address(module.running_var))
             setattr(gates, f'{prefix}_eps', float(module.eps))
-            setattr(gates, f'{prefix}_momentum', _momentum(module))
+            setattr(gates, f'{prefix}_momentum', count_batch(module))
     return gates
 
 

@@ -206,6 +206,19 @@ def test_path_choice_on_torch_before_2_4(monkeypatch, backend):
         assert fused_path(fused, x, norm) == 'eager'
 
 
+def test_training_batch_of_one_value_is_refused_as_by_batch_norm():
+    fused, norm, eager, eager_norm = make_pair(with_norm=True)
+    x = torch.randn(1, 16, 1, 1, dtype=torch.float64)
+    for cbam, bn in ((eager, eager_norm), (fused, norm)):
+        with pytest.raises(ValueError, match='Expected more than 1 value per channel'):
+            cbam.forward_after_norm(bn, x.clone().requires_grad_())
+    assert norm.num_batches_tracked.item() == 0  # refused before any statistics update
+    for module in (fused, norm, eager, eager_norm):
+        module.eval()
+    torch.testing.assert_close(fused.forward_after_norm(norm, x),
+                               eager.forward_after_norm(eager_norm, x))
+
+
 def test_frozen_parameters_and_constant_input():
     fused, norm, eager, eager_norm = make_pair(with_norm=True)
     for module in (fused, norm, eager, eager_norm):

@@ -77,20 +77,6 @@ def test_configs_covered(options, path):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_training_batch_of_one_value_is_refused_as_by_batch_norm():
-    cbam, norm, eager, eager_norm = native_and_eager(16)
-    x = torch.randn(1, 16, 1, 1, dtype=torch.float64)
-    with pytest.raises(ValueError, match='Expected more than 1 value per channel'):
-        eager.forward_after_norm(eager_norm, x)
-    with pytest.raises(ValueError, match='Expected more than 1 value per channel'):
-        cbam.forward_after_norm(norm, x)
-    assert norm.num_batches_tracked.item() == 0  # refused before any statistics update
-    cbam.eval()
-    norm.eval()
-    torch.testing.assert_close(cbam.forward_after_norm(norm, x),
-                               eager.eval().forward_after_norm(eager_norm.eval(), x))
-
-
 def test_without_compiler_one_warning_then_torch_ops(tmp_path, monkeypatch):
     monkeypatch.setattr(native_cbam, '_library', None)  # not tried yet; restored afterwards
     monkeypatch.setenv('CBAM_MMDET_CACHE', str(tmp_path))

@@ -17,20 +17,33 @@ from ...utils.pretrained import check_pretrained_resnet
 DEFAULT_CBAM_CFG = dict(type='CBAM')
 
 
-def norm_then_plugins(block: nn.Module, conv: nn.Module, norm: nn.Module, x: Tensor,
-                      plugin_names) -> Tensor:
-    """``norm(conv(x))`` followed by the block's plugins. A CBAM right after the norm runs the
-    norm inside its fused function (``CBAM.forward_after_norm``), so the block keeps no
-    normalised map for backward, and in inference writes its output over the conv's output, a
-    temporary of the block (as the blocks' in-place ReLUs do), unless a forward hook may keep it.
+def residual_tail(block: nn.Module, conv: nn.Module, norm: nn.Module, x: Tensor,
+                  plugin_names: Sequence[str], identity: Tensor) -> Tensor:
+    """The end of a residual block: ``block.relu(plugins(norm(conv(x))) + identity)``.
+
+    A CBAM right after the norm runs the norm inside its fused function
+    (``CBAM.forward_after_norm``), so the block keeps no normalised map for backward. In
+    inference it writes its output over the conv's output, a temporary of the block (as the
+    blocks' in-place ReLUs do), unless a forward hook may keep it; and when it is the last plugin
+    and the ReLU is a plain unhooked ``nn.ReLU``, it adds the identity and applies the ReLU in its
+    own last pass over the map.
     """
     out = conv(x)
     first = getattr(block, plugin_names[0]) if plugin_names else None
     if isinstance(first, CBAM):
-        private = not (conv._forward_hooks or nn.modules.module._global_forward_hooks)
-        return block.forward_plugin(
-            first.forward_after_norm(norm, out, overwrite_input=private), plugin_names[1:])
-    return block.forward_plugin(norm(out), plugin_names)
+        global_hooks = (nn.modules.module._global_forward_hooks
+                        or nn.modules.module._global_forward_pre_hooks)
+        private = not (conv._forward_hooks or global_hooks)
+        relu = block.relu
+        if (len(plugin_names) == 1 and type(relu) is nn.ReLU and not global_hooks
+                and not (relu._forward_hooks or relu._forward_pre_hooks)):
+            return first.forward_after_norm(norm, out, overwrite_input=private, shortcut=identity)
+        out = block.forward_plugin(first.forward_after_norm(norm, out, overwrite_input=private),
+                                   plugin_names[1:])
+    else:
+        out = block.forward_plugin(norm(out), plugin_names)
+    out += identity
+    return block.relu(out)
 
 
 class CBAMBasicBlock(BasicBlock):
@@ -58,16 +71,13 @@ class CBAMBasicBlock(BasicBlock):
         def _inner_forward(x):
             out = self.relu(self.norm1(self.conv1(x)))
             out = self.forward_plugin(out, self.after_conv1_plugin_names)
-            out = norm_then_plugins(self, self.conv2, self.norm2, out,
-                                    self.after_conv2_plugin_names)
             identity = x if self.downsample is None else self.downsample(x)
-            return out + identity
+            return residual_tail(self, self.conv2, self.norm2, out,
+                                 self.after_conv2_plugin_names, identity)
 
         if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(_inner_forward, x, use_reentrant=False)
-        else:
-            out = _inner_forward(x)
-        return self.relu(out)
+            return cp.checkpoint(_inner_forward, x, use_reentrant=False)
+        return _inner_forward(x)
 
 
 # mmdet's Bottleneck only asserts its plugin positions; these are the ones it handles.
@@ -119,8 +129,8 @@ def check_plugins(owner: str, plugins: Sequence[dict], block: type, num_stages: 
 
 
 class FusedNormBottleneckMixin:
-    """mmdet's ``Bottleneck.forward`` with the last norm and the plugins after conv3 computed by
-    ``norm_then_plugins``."""
+    """mmdet's ``Bottleneck.forward`` with its end (conv3, norm, plugins, shortcut, ReLU) computed
+    by ``residual_tail``."""
 
     def forward(self, x: Tensor) -> Tensor:
 
@@ -131,17 +141,14 @@ class FusedNormBottleneckMixin:
             out = self.relu(self.norm2(self.conv2(out)))
             if self.with_plugins:
                 out = self.forward_plugin(out, self.after_conv2_plugin_names)
-            out = norm_then_plugins(self, self.conv3, self.norm3, out,
-                                    self.after_conv3_plugin_names if self.with_plugins else [])
             identity = x if self.downsample is None else self.downsample(x)
-            out += identity
-            return out
+            return residual_tail(self, self.conv3, self.norm3, out,
+                                 self.after_conv3_plugin_names if self.with_plugins else [],
+                                 identity)
 
         if self.with_cp and x.requires_grad:
-            out = cp.checkpoint(_inner_forward, x, use_reentrant=True)  # mmdet's default
-        else:
-            out = _inner_forward(x)
-        return self.relu(out)
+            return cp.checkpoint(_inner_forward, x, use_reentrant=True)  # mmdet's default
+        return _inner_forward(x)
 
 
 class CBAMBottleneck(FusedNormBottleneckMixin, Bottleneck):

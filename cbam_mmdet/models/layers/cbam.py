@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mmdet.registry import MODELS
 from mmdet.utils import OptConfigType, OptMultiConfig
-from .fused_cbam import fused_cbam
+from .fused_cbam import add_shortcut_relu, fused_cbam
 from .native_cbam import native_cbam, native_supported
 
 CHANNEL_POOL_TYPES = ('avg', 'max')
@@ -283,10 +283,14 @@ class CBAM(BaseModule):
                 and not autocast_enabled(x.device.type) and not torch.jit.is_tracing()
                 and not torch.jit.is_scripting() and not is_compiling())
 
-    def forward_after_norm(self, norm: nn.Module, x: Tensor,
-                           overwrite_input: bool = False) -> Tensor:
+    def forward_after_norm(self,
+                           norm: nn.Module,
+                           x: Tensor,
+                           overwrite_input: bool = False,
+                           shortcut: Optional[Tensor] = None) -> Tensor:
         """``self(norm(x))``; a plain ``nn.BatchNorm2d`` runs inside the fused function, which
-        then keeps ``x`` (kept by the norm anyway) instead of the normalised map.
+        then keeps ``x`` (kept by the norm anyway) instead of the normalised map. With
+        ``shortcut``, the end of a residual block: ``relu(self(norm(x)) + shortcut)``.
 
         Args:
             norm (nn.Module): The norm before CBAM (a block's last BN).
@@ -294,20 +298,26 @@ class CBAM(BaseModule):
             overwrite_input (bool): ``x`` is a temporary nobody else reads (a block's conv
                 output): when no gradient is recorded, the C++ path writes the output into it
                 instead of a new tensor. Defaults to False.
+            shortcut (Tensor, optional): The block's identity branch, (N, C, H, W). When no
+                gradient is recorded, the C++ path adds it and applies the ReLU in its last pass
+                over the map instead of two more passes. Defaults to None.
         """
         fusable_norm = (type(norm) is nn.BatchNorm2d and norm.affine and norm.track_running_stats
                         and not (norm._forward_hooks or norm._forward_pre_hooks))
         # Hooks and a replaced ``forward`` (tools, tests) must see CBAM's own input.
         hooked = self._forward_hooks or self._forward_pre_hooks or 'forward' in vars(self)
         if fusable_norm and not hooked and self._use_fused(x):
-            return self._fused_forward(x, norm, overwrite_input)
-        return self(norm(x))
+            return self._fused_forward(x, norm, overwrite_input, shortcut)
+        return add_shortcut_relu(self(norm(x)), shortcut)
 
-    def _fused_forward(self, x: Tensor, norm: Optional[nn.BatchNorm2d] = None,
-                       overwrite_input: bool = False) -> Tensor:
+    def _fused_forward(self,
+                       x: Tensor,
+                       norm: Optional[nn.BatchNorm2d] = None,
+                       overwrite_input: bool = False,
+                       shortcut: Optional[Tensor] = None) -> Tensor:
         if native_supported(self, x, norm):
-            return native_cbam(x, self, norm, overwrite_input)
-        return fused_cbam(x, self, norm)
+            return native_cbam(x, self, norm, overwrite_input, shortcut)
+        return add_shortcut_relu(fused_cbam(x, self, norm), shortcut)
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, C, H, W)."""

@@ -267,6 +267,12 @@ def function_params(inp: Tensor, cbam: nn.Module,
     return params, needs_grad
 
 
+def add_shortcut_relu(out: Tensor, shortcut: Optional[Tensor]) -> Tensor:
+    """``relu(out + shortcut)``, computed in ``out`` (a fresh output, as mmdet's blocks do), or
+    ``out`` itself without a shortcut."""
+    return out if shortcut is None else out.add_(shortcut).relu_()
+
+
 def fused_cbam(inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d] = None) -> Tensor:
     """Run ``cbam(inp)``, or ``cbam(norm(inp))`` with ``norm``, through the fused path."""
     params, needs_grad = function_params(inp, cbam, norm)

@@ -10,7 +10,9 @@ z = x * scale + shift and y = z * Mc are recomputed where needed and never store
   min of x give the BN batch statistics and both channel descriptors of z at once (z is affine in
   x per channel, so its spatial maximum sits at x's first max or min); the MLP runs on them;
   (2) per-pixel max (first channel) and mean of y over channels; the k x k conv + norm + sigmoid
-  runs on them; (3) the output y * Ms. Running statistics of both norms are updated once.
+  runs on them; (3) the output y * Ms, or in inference at the end of a residual block
+  relu(y * Ms + shortcut), which saves the block two more passes (the addition and the ReLU).
+  Running statistics of both norms are updated once.
 * Backward, 5 reads and 1 write (plain BN: 4 and 1): (4) dL/dMs and the per-plane sums of
   g * Ms and g * Ms * x over (g, x); the spatial gate's backward; (5) the per-plane sums of
   dL/dmean(y) * x; then dL/dMc, the MLP's backward, the BN weight and bias gradients and BN's
@@ -37,7 +39,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from cbam_mmdet.utils.cpp_library import load_library
-from .fused_cbam import check_batch_size, count_batch, function_params
+from .fused_cbam import add_shortcut_relu, check_batch_size, count_batch, function_params
 
 SOURCE = Path(__file__).with_name('csrc') / 'cbam_cpu.cpp'
 _SUFFIX = {torch.float32: 'f32', torch.float64: 'f64'}
@@ -147,10 +149,11 @@ def _kernel(direction: str, dtype: torch.dtype):
 
 
 def _forward(inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d], params,
-             with_grad: bool, out: Optional[Tensor] = None):
+             with_grad: bool, out: Optional[Tensor] = None, shortcut: Optional[Tensor] = None):
     """cbam(norm(inp)) into ``out`` (a new tensor if None; ``inp`` itself is allowed: every
-    pixel is read before it is written); with ``with_grad`` also the gates' struct and the
-    saved small tensors."""
+    pixel is read before it is written), or relu(cbam(norm(inp)) + shortcut) with a
+    ``shortcut`` of ``inp``'s layout; with ``with_grad`` (no shortcut) also the gates' struct and
+    the saved small tensors."""
     n, c, h, w = inp.shape
     gates = _gates(inp, cbam, norm, params)
     saved = {}
@@ -167,7 +170,8 @@ def _forward(inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d], param
             pixel_of_max=torch.empty(n, c, **i64), channel_of_max=torch.empty(n, h * w, **i64))
     out = torch.empty_like(inp) if out is None else out
     _kernel('forward', inp.dtype)(
-        ctypes.c_void_p(inp.data_ptr()), ctypes.c_void_p(out.data_ptr()), ctypes.byref(gates),
+        ctypes.c_void_p(inp.data_ptr()), ctypes.c_void_p(_address(shortcut)),
+        ctypes.c_void_p(out.data_ptr()), ctypes.byref(gates),
         ctypes.byref(_Saved(**{k: v.data_ptr() for k, v in saved.items()})))
     return out, gates, saved
 
@@ -222,20 +226,22 @@ def native_supported(cbam: nn.Module, x: Tensor, norm: Optional[nn.BatchNorm2d] 
         return False
     spatial = cbam.spatial_gate.spatial
     conv = spatial.conv
-    plain_conv = (type(conv) is nn.Conv2d and conv.in_channels == 2 and conv.stride == (1, 1)
-                  and conv.dilation == (1, 1) and conv.groups == 1
-                  and conv.kernel_size[0] == conv.kernel_size[1]
-                  and conv.padding == (conv.kernel_size[0] // 2, ) * 2)
-    norm_ok = (not spatial.with_norm
-               or (type(spatial.norm) is nn.BatchNorm2d and spatial.norm.affine
-                   and spatial.norm.track_running_stats))
-    tensors = [*cbam.parameters(), *cbam.buffers()]
-    if norm is not None:
-        tensors += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
-    if not (plain_conv and norm_ok and not spatial.with_activation
-            and tuple(spatial.order) == ('conv', 'norm', 'act')
-            and all(t.dtype == x.dtype and t.device == x.device and t.is_contiguous()
-                    for t in tensors if t.is_floating_point())):
+    spatial_norm = _spatial_norm(cbam)
+    if not (type(conv) is nn.Conv2d and conv.in_channels == 2 and conv.stride == (1, 1)
+            and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.kernel_size[0] == conv.kernel_size[1]
+            and conv.padding == (conv.kernel_size[0] // 2, ) * 2
+            and not spatial.with_activation and tuple(spatial.order) == ('conv', 'norm', 'act')
+            and (spatial_norm is None or (type(spatial_norm) is nn.BatchNorm2d
+                                          and spatial_norm.affine
+                                          and spatial_norm.track_running_stats))):
+        return False
+    tensors = list(cbam.parameters())
+    for module in (norm, spatial_norm):
+        if module is not None:
+            tensors += [module.weight, module.bias, module.running_mean, module.running_var]
+    # This runs once per block and call: ``is`` and ``is_cpu`` instead of building devices.
+    if not all(t.dtype is x.dtype and t.is_cpu and t.is_contiguous() for t in tensors):
         return False
     return native_library() is not None
 
@@ -243,13 +249,21 @@ def native_supported(cbam: nn.Module, x: Tensor, norm: Optional[nn.BatchNorm2d] 
 def native_cbam(inp: Tensor,
                 cbam: nn.Module,
                 norm: Optional[nn.BatchNorm2d] = None,
-                overwrite_input: bool = False) -> Tensor:
-    """``cbam(inp)``, or ``cbam(norm(inp))`` with ``norm``, through the native kernels; without
-    autograd recording and with ``overwrite_input``, the output is written into ``inp``."""
+                overwrite_input: bool = False,
+                shortcut: Optional[Tensor] = None) -> Tensor:
+    """``cbam(inp)``, or ``cbam(norm(inp))`` with ``norm``, through the native kernels; with a
+    ``shortcut``, ``relu(... + shortcut)``. Without autograd recording, a shortcut of ``inp``'s
+    layout is added in the kernels' last pass, and with ``overwrite_input`` the output is written
+    into ``inp``."""
     params, needs_grad = function_params(inp, cbam, norm)
     if needs_grad:
-        return NativeCBAMFunction.apply(inp, cbam, norm, *params)
+        return add_shortcut_relu(NativeCBAMFunction.apply(inp, cbam, norm, *params), shortcut)
+    fuse_shortcut = shortcut is None or (
+        shortcut.shape == inp.shape and shortcut.dtype == inp.dtype
+        and shortcut.device == inp.device and shortcut.is_contiguous()
+        and not (shortcut.requires_grad and torch.is_grad_enabled()))
     with torch.no_grad():
-        return _forward(inp, cbam, norm, _gate_params(cbam, norm, params), with_grad=False,
-                        out=inp if overwrite_input else None)[0]
-
+        out = _forward(inp, cbam, norm, _gate_params(cbam, norm, params), with_grad=False,
+                       out=inp if overwrite_input else None,
+                       shortcut=shortcut if fuse_shortcut else None)[0]
+    return out if fuse_shortcut else add_shortcut_relu(out, shortcut)

@@ -110,29 +110,102 @@ def test_overwrite_input_only_without_autograd():
     torch.testing.assert_close(kept.detach(), x, rtol=0, atol=0)
 
 
-def test_backbone_inference_keeps_a_hooked_conv_output():
-    """Blocks let CBAM overwrite their last conv's output in inference, unless a hook may hold
-    it; both ways the features are the eager backbone's."""
+@pytest.fixture
+def shortcut_calls(monkeypatch):
+    """Per call of the kernels' forward: whether it was given a shortcut to add."""
+    calls = []
+    original = native_cbam._forward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get('shortcut') is not None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(native_cbam, '_forward', spy)
+    return calls
+
+
+def test_shortcut_and_relu_in_the_last_pass(shortcut_calls):
+    cbam, norm, eager, eager_norm = (m.eval() for m in native_and_eager(16))
+    x = torch.randn(2, 16, 9, 11, dtype=torch.float64)
+    shortcut = torch.randn_like(x)
+    shortcut[1, 3, 4, :2] = float('nan')  # passes the ReLU, as torch.relu
+    expected = torch.relu(eager.forward_after_norm(eager_norm, x) + shortcut)
+    with torch.no_grad():
+        temporary = x.clone()
+        out = cbam.forward_after_norm(norm, temporary, overwrite_input=True, shortcut=shortcut)
+    assert shortcut_calls == [True] and out.data_ptr() == temporary.data_ptr()
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12, equal_nan=True)
+    assert out.isnan().sum() == 2
+
+    # Added afterwards by PyTorch: a shortcut in another layout, or one that needs a gradient.
+    shortcut_calls.clear()
+    with torch.no_grad():
+        strided = shortcut.transpose(2, 3).contiguous().transpose(2, 3)
+        out = cbam.forward_after_norm(norm, x, shortcut=strided)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12, equal_nan=True)
+    for module in (cbam, norm):
+        module.requires_grad_(False)
+    wanting_grad = shortcut.nan_to_num().requires_grad_()
+    out = cbam.forward_after_norm(norm, x, shortcut=wanting_grad)
+    out.sum().backward()
+    assert shortcut_calls == [False, False]
+    torch.testing.assert_close(wanting_grad.grad, (out > 0).double())
+
+
+def r18_fused_and_eager():
     from cbam_mmdet.models.backbones import CBAMResNet
     from cbam_mmdet.models.backbones.cbam_resnet import mmdet_scope_if_unset
     with mmdet_scope_if_unset():
         fused = CBAMResNet(depth=18)
         eager = CBAMResNet(depth=18, cbam_cfg=dict(type='CBAM', fused=False))
     eager.load_state_dict(fused.state_dict())
-    fused.eval()
-    eager.eval()
+    for model in (fused, eager):
+        model.eval()  # mmdet's ResNet.train returns None
+    return fused, eager
+
+
+def test_backbone_inference_fuses_the_block_ends(shortcut_calls):
+    fused, eager = r18_fused_and_eager()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = eager(x)
+        got = fused(x)
+    assert shortcut_calls == [True] * 8  # every block of ResNet-18
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_backbone_inference_keeps_hooked_tensors(shortcut_calls):
+    """Blocks let CBAM overwrite their last conv's output in inference unless a hook may hold it,
+    and add the shortcut and apply the ReLU unless a hook must see the ReLU; every way the
+    features are the eager backbone's."""
+    fused, eager = r18_fused_and_eager()
+    block = fused.layer1[0]
+    x = torch.randn(1, 3, 64, 64)
+    conv_calls, relu_outputs = [], []
+
+    def features_and_tails():
+        shortcut_calls.clear()
         for got, want in zip(fused(x), expected):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        seen = []
-        conv = fused.layer1[0].conv2
-        conv.register_forward_hook(lambda module, args, output: seen.append((args[0], output)))
-        for got, want in zip(fused(x), expected):
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        conv_input, conv_output = seen[0]
-        torch.testing.assert_close(conv_output, conv(conv_input), rtol=0, atol=0)
+        return list(shortcut_calls)
+
+    with torch.no_grad():
+        expected = eager(x)
+        block.conv2.register_forward_hook(
+            lambda module, args, output: conv_calls.append((args[0], output)))
+        assert features_and_tails() == [True] * 8
+        conv_input, conv_output = conv_calls[0]
+        torch.testing.assert_close(conv_output, block.conv2(conv_input), rtol=0, atol=0)
+
+        relu_hook = block.relu.register_forward_hook(
+            lambda module, args, output: relu_outputs.append(output))
+        assert features_and_tails() == [False] + [True] * 7
+        assert len(relu_outputs) == 2  # the block's two ReLUs ran as modules
+        relu_hook.remove()
+
+        with nn.modules.module.register_module_forward_hook(lambda *args: None):
+            assert features_and_tails() == [False] * 8
 
 
 def test_parameters_the_kernels_cannot_read_take_the_torch_ops_path():

@@ -201,9 +201,10 @@ void channel_pool(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T* shi
 }
 
 // out = (x * scale + shift) * mc * ms: the CBAM output, y = z * Mc rounded as the eager module.
+// With a shortcut (inference), the end of the residual block instead: relu(out + shortcut).
 template <typename T>
 void apply_gates(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T* shift, const T* mc,
-                 const T* ms, T* out, int threads) {
+                 const T* ms, const T* shortcut, T* out, int threads) {
 #pragma omp parallel for num_threads(team(n * c * hw, threads)) schedule(static)
   for (i64 q = 0; q < n * c; ++q) {
     const i64 b = q / c, ch = q % c;
@@ -211,8 +212,17 @@ void apply_gates(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T* shif
     const T* xp = x + q * hw;
     const T* msb = ms + b * hw;
     T* op = out + q * hw;
+    if (shortcut == nullptr) {
 #pragma omp simd
-    for (i64 i = 0; i < hw; ++i) op[i] = ((xp[i] * s + t) * m) * msb[i];
+      for (i64 i = 0; i < hw; ++i) op[i] = ((xp[i] * s + t) * m) * msb[i];
+    } else {
+      const T* sp = shortcut + q * hw;
+#pragma omp simd
+      for (i64 i = 0; i < hw; ++i) {
+        const T sum = ((xp[i] * s + t) * m) * msb[i] + sp[i];
+        op[i] = sum < T(0) ? T(0) : sum;  // NaN passes, as torch.relu
+      }
+    }
   }
 }
 
@@ -755,7 +765,7 @@ struct Buffer {
 };
 
 template <typename T>
-void forward(const T* x, T* out, const Gates& g, const Saved& s) {
+void forward(const T* x, const T* shortcut, T* out, const Gates& g, const Saved& s) {
   const i64 n = g.n, c = g.c, hw = g.h * g.w, pools = g.use_avg + g.use_max;
   const bool training = s.sums != nullptr;
   Buffer<double> sums(s.sums, n * c), mean(s.mean, c), invstd(s.invstd, c),
@@ -784,7 +794,7 @@ void forward(const T* x, T* out, const Gates& g, const Saved& s) {
                           in<T>(g.sn_bias), io<T>(g.sn_running_mean), io<T>(g.sn_running_var),
                           g.sn_eps, g.sn_momentum, pre.ptr, spatial_stats.ptr, ms.ptr,
                           g.threads);
-  apply_gates<T>(x, n, c, hw, scale.ptr, shift.ptr, mc.ptr, ms.ptr, out, g.threads);
+  apply_gates<T>(x, n, c, hw, scale.ptr, shift.ptr, mc.ptr, ms.ptr, shortcut, out, g.threads);
 }
 
 template <typename T>
@@ -821,11 +831,13 @@ void backward(const T* grad, const T* x, const Gates& g, const Saved& s, const G
 }  // namespace
 
 extern "C" {
-void cbam_forward_f32(const float* x, float* out, const Gates* g, const Saved* s) {
-  forward<float>(x, out, *g, *s);
+void cbam_forward_f32(const float* x, const float* shortcut, float* out, const Gates* g,
+                      const Saved* s) {
+  forward<float>(x, shortcut, out, *g, *s);
 }
-void cbam_forward_f64(const double* x, double* out, const Gates* g, const Saved* s) {
-  forward<double>(x, out, *g, *s);
+void cbam_forward_f64(const double* x, const double* shortcut, double* out, const Gates* g,
+                      const Saved* s) {
+  forward<double>(x, shortcut, out, *g, *s);
 }
 void cbam_backward_f32(const float* grad, const float* x, const Gates* g, const Saved* s,
                        const Grads* out) {

@@ -25,28 +25,35 @@ constexpr i64 kTile = 512;
 // stages' maps) run on one thread, where waking a second one costs more than it saves.
 int team(i64 work, int threads) { return work >= (i64{1} << 16) ? threads : 1; }
 
-// Work split of the passes that reduce over channels: pixel tiles of at most kTile pixels and,
-// when a map has too few tiles to keep every thread busy (the last stages' small maps), chunks
-// of at least 32 channels whose per-pixel partial results are merged afterwards in channel
-// order.  A job is one (sample, tile, chunk).
+// Work split of the passes that reduce over channels: jobs of one (sample, chunk of channels,
+// tile of at most kTile pixels), in that order and statically scheduled, so that each thread reads
+// the planes that the plane-wise passes (static over planes) give it: no thread reads what another
+// core's cache holds, and a map that fits in the L2 caches stays there between passes.  At least
+// one chunk per thread, more (of at least 32 channels) when a map has too few tiles to keep every
+// thread busy (the last stages' small maps); per-pixel partial results are merged afterwards in
+// channel order.
 struct Split {
   i64 tile, tiles, chunk, chunks;
   Split(i64 n, i64 c, i64 hw, int threads) {
     tiles = (hw + kTile - 1) / kTile;
     tile = tiles == 1 ? hw : ((hw + tiles - 1) / tiles + 15) / 16 * 16;
     tiles = (hw + tile - 1) / tile;
-    const i64 wanted = (8 * threads + n * tiles - 1) / (n * tiles);
+    const i64 wanted = std::max<i64>(threads, (8 * threads + n * tiles - 1) / (n * tiles));
     chunks = std::max<i64>(1, std::min(wanted, c / 32));
     chunk = (c + chunks - 1) / chunks;
     chunks = (c + chunk - 1) / chunk;
   }
-  i64 jobs(i64 n) const { return n * tiles * chunks; }
+  i64 jobs(i64 n) const { return n * chunks * tiles; }
+  // The job (and its slot of per-pixel partial results) of a sample, chunk and tile.
+  i64 slot(i64 b, i64 chunk_index, i64 tile_index) const {
+    return (b * chunks + chunk_index) * tiles + tile_index;
+  }
 
   struct Job {
     i64 b, tile_index, c0, c1, p0, len;  // sample, tile, channels [c0, c1), pixels [p0, p0+len)
   };
   Job job(i64 index, i64 c, i64 hw) const {
-    const i64 tile_index = index / chunks % tiles, c0 = index % chunks * chunk;
+    const i64 tile_index = index % tiles, c0 = index / tiles % chunks * chunk;
     const i64 p0 = tile_index * tile;
     return {index / (tiles * chunks), tile_index, c0, std::min(c, c0 + chunk), p0,
             std::min(tile, hw - p0)};
@@ -115,7 +122,7 @@ void channel_pool_impl(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T
   const i64 parts = sp.jobs(n) * sp.tile;
   std::vector<T> part_max(parts), part_sum(parts);
   std::vector<int32_t> part_at(kIndex ? parts : 0);
-#pragma omp parallel for num_threads(team(n * c * hw, threads)) schedule(dynamic)
+#pragma omp parallel for num_threads(team(n * c * hw, threads)) schedule(static)
   for (i64 job = 0; job < sp.jobs(n); ++job) {
     const auto [b, tile_index, c0, c1, p0, len] = sp.job(job, c, hw);
     T* hi = part_max.data() + job * sp.tile;
@@ -171,12 +178,12 @@ void channel_pool_impl(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T
   for (i64 b = 0; b < n; ++b)
     for (i64 tile_index = 0; tile_index < sp.tiles; ++tile_index) {
       const i64 p0 = tile_index * sp.tile, len = std::min(sp.tile, hw - p0);
-      const i64 first = (b * sp.tiles + tile_index) * sp.chunks * sp.tile;
+      const i64 first = sp.slot(b, 0, tile_index) * sp.tile;
       for (i64 i = 0; i < len; ++i) {
         T top = part_max[first + i], sum = part_sum[first + i];
         int32_t where = kIndex ? part_at[first + i] : 0;
         for (i64 k = 1; k < sp.chunks; ++k) {
-          const i64 at = first + k * sp.tile + i;
+          const i64 at = sp.slot(b, k, tile_index) * sp.tile + i;
           sum += part_sum[at];
           if (part_max[at] > top) {
             top = part_max[at];
@@ -235,7 +242,7 @@ void grad_pass1(const T* g, const T* x, i64 n, i64 c, i64 hw, const T* scale, co
   const Split sp(n, c, hw, threads);
   std::vector<T> part_acc(sp.jobs(n) * sp.tile);
   std::vector<double> partial(static_cast<size_t>(2 * n * sp.tiles * c));
-#pragma omp parallel for num_threads(team(n * c * hw, threads)) schedule(dynamic)
+#pragma omp parallel for num_threads(team(n * c * hw, threads)) schedule(static)
   for (i64 job = 0; job < sp.jobs(n); ++job) {
     const auto [b, tile_index, c0, c1, p0, len] = sp.job(job, c, hw);
     T* acc = part_acc.data() + job * sp.tile;
@@ -263,10 +270,10 @@ void grad_pass1(const T* g, const T* x, i64 n, i64 c, i64 hw, const T* scale, co
   for (i64 b = 0; b < n; ++b)
     for (i64 tile_index = 0; tile_index < sp.tiles; ++tile_index) {
       const i64 p0 = tile_index * sp.tile, len = std::min(sp.tile, hw - p0);
-      const T* first = part_acc.data() + (b * sp.tiles + tile_index) * sp.chunks * sp.tile;
       for (i64 i = 0; i < len; ++i) {
-        T sum = first[i];
-        for (i64 k = 1; k < sp.chunks; ++k) sum += first[k * sp.tile + i];
+        T sum = part_acc[sp.slot(b, 0, tile_index) * sp.tile + i];
+        for (i64 k = 1; k < sp.chunks; ++k)
+          sum += part_acc[sp.slot(b, k, tile_index) * sp.tile + i];
         grad_ms[b * hw + p0 + i] = sum;
       }
     }

@@ -20,8 +20,10 @@ z = x * scale + shift and y = z * Mc are recomputed where needed and never store
   in one pass over (g, x), the routes added at the first maxima.
 * Saved for backward: x (which BN keeps anyway) and small tensors (Mc, Ms, descriptors, hidden
   activations, first-max indices, statistics): CBAM adds about 0.5% to what plain BN saves.
-* Loops over small maps run on one thread; channel reductions over small maps are split by
-  channel chunks and merged in channel order (the first maximum still wins).
+* Loops over small maps run on one thread. Channel reductions are split into chunks of channels,
+  at least one per thread, so that every thread reads the planes it reads in the plane-wise
+  passes (what one core's cache holds is not read by the other), and merged in channel order
+  (the first maximum still wins).
 
 The kernels are compiled on first use with the system compiler into a per-machine cache
 (``cbam_mmdet/utils/cpp_library.py``; about 4 s once). CBAM uses them for contiguous NCHW

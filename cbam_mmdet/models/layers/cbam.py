@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mmdet.registry import MODELS
 from mmdet.utils import OptConfigType, OptMultiConfig
-from .fused_cbam import add_shortcut_relu, fused_cbam
+from .fused_cbam import add_shortcut_relu, function_params, fused_cbam
 from .native_cbam import native_cbam, native_supported
 
 CHANNEL_POOL_TYPES = ('avg', 'max')
@@ -315,8 +315,9 @@ class CBAM(BaseModule):
                        norm: Optional[nn.BatchNorm2d] = None,
                        overwrite_input: bool = False,
                        shortcut: Optional[Tensor] = None) -> Tensor:
-        if native_supported(self, x, norm):
-            return native_cbam(x, self, norm, overwrite_input, shortcut)
+        params, needs_grad = function_params(x, self, norm)
+        if native_supported(self, x, norm, params):
+            return native_cbam(x, self, norm, params, needs_grad, overwrite_input, shortcut)
         return add_shortcut_relu(fused_cbam(x, self, norm), shortcut)
 
     def forward(self, x: Tensor) -> Tensor:

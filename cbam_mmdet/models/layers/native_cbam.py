@@ -34,14 +34,14 @@ otherwise (CUDA, channels_last, half precision, other spatial norms, no compiler
 import ctypes
 import os
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from cbam_mmdet.utils.cpp_library import load_library
-from .fused_cbam import add_shortcut_relu, check_batch_size, count_batch, function_params
+from .fused_cbam import add_shortcut_relu, check_batch_size, count_batch
 
 SOURCE = Path(__file__).with_name('csrc') / 'cbam_cpu.cpp'
 _SUFFIX = {torch.float32: 'f32', torch.float64: 'f64'}
@@ -95,10 +95,6 @@ def _address(tensor: Optional[Tensor]) -> Optional[int]:
     return None if tensor is None else tensor.data_ptr()
 
 
-def _norm_mode(norm: Optional[nn.BatchNorm2d]) -> int:
-    return 0 if norm is None else 1 if norm.training else 2
-
-
 def _spatial_norm(cbam: nn.Module) -> Optional[nn.BatchNorm2d]:
     spatial = cbam.spatial_gate.spatial
     return spatial.norm if spatial.with_norm else None
@@ -118,6 +114,17 @@ def _gate_params(cbam: nn.Module, norm: Optional[nn.BatchNorm2d], params):
     return [*norm_params, *mlp, *conv, *spatial_norm]
 
 
+def _norm_fields(norm: Optional[nn.BatchNorm2d], weight: Optional[Tensor],
+                 bias: Optional[Tensor]) -> tuple:
+    """A norm's fields of ``_Gates``: mode (0 none, 1 training, 2 evaluation), weight, bias,
+    running mean and variance, eps, and the momentum for this batch (counted in training)."""
+    if norm is None:
+        return (0, None, None, None, None, 0.0, 0.0)
+    return (1 if norm.training else 2, _address(weight), _address(bias),
+            norm.running_mean.data_ptr(), norm.running_var.data_ptr(), float(norm.eps),
+            count_batch(norm))
+
+
 def _gates(x: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d], params) -> _Gates:
     """Sizes, parameters and buffers for the kernels; counts a training batch in both norms."""
     n, c, h, w = x.shape
@@ -126,24 +133,12 @@ def _gates(x: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d], params) -
     check_batch_size(norm, (n, c, h, w))
     check_batch_size(spatial_norm, (n, 1, h, w))
     pool_types = cbam.channel_gate.pool_types
-    gates = _Gates(
-        n=n, c=c, h=h, w=w, hidden=w1.shape[0], w1=_address(w1), b1=_address(b1),
-        w2=_address(w2), b2=_address(b2), use_avg=int('avg' in pool_types),
-        use_max=int('max' in pool_types), k=conv_weight.shape[-1],
-        conv_weight=_address(conv_weight), conv_bias=_address(conv_bias),
-        threads=torch.get_num_threads())
-    for prefix, module, weight, bias in (('bn', norm, norm_weight, norm_bias),
-                                         ('sn', spatial_norm, sn_weight, sn_bias)):
-        mode_name = 'norm_mode' if prefix == 'bn' else 'spatial_norm_mode'
-        setattr(gates, mode_name, _norm_mode(module))
-        if module is not None:
-            setattr(gates, f'{prefix}_weight', _address(weight))
-            setattr(gates, f'{prefix}_bias', _address(bias))
-            setattr(gates, f'{prefix}_running_mean', _address(module.running_mean))
-            setattr(gates, f'{prefix}_running_var', _address(module.running_var))
-            setattr(gates, f'{prefix}_eps', float(module.eps))
-            setattr(gates, f'{prefix}_momentum', count_batch(module))
-    return gates
+    # Positional, in the order of ``Gates``: this runs once per block and call.
+    return _Gates(n, c, h, w, *_norm_fields(norm, norm_weight, norm_bias), w1.shape[0],
+                  _address(w1), _address(b1), _address(w2), _address(b2),
+                  int('avg' in pool_types), int('max' in pool_types), conv_weight.shape[-1],
+                  _address(conv_weight), _address(conv_bias),
+                  *_norm_fields(spatial_norm, sn_weight, sn_bias), torch.get_num_threads())
 
 
 def _kernel(direction: str, dtype: torch.dtype):
@@ -219,10 +214,12 @@ class NativeCBAMFunction(torch.autograd.Function):
         return (grads[0], None, None, *param_grads)
 
 
-def native_supported(cbam: nn.Module, x: Tensor, norm: Optional[nn.BatchNorm2d] = None) -> bool:
+def native_supported(cbam: nn.Module, x: Tensor, norm: Optional[nn.BatchNorm2d],
+                     params: List[Tensor]) -> bool:
     """Whether the native kernels cover this CBAM (its gates in the default form), the norm
-    before it, and the input: contiguous NCHW float32/float64 on CPU, every parameter and
-    statistic contiguous in the same dtype and on the CPU (the kernels read raw memory)."""
+    before it, and the input: contiguous NCHW float32/float64 on CPU, every parameter
+    (``params``: ``function_params``) and statistic contiguous in the same dtype and on the CPU
+    (the kernels read raw memory)."""
     if not (x.device.type == 'cpu' and x.dtype in _SUFFIX and x.is_contiguous()
             and x.numel() > 0):
         return False
@@ -238,10 +235,10 @@ def native_supported(cbam: nn.Module, x: Tensor, norm: Optional[nn.BatchNorm2d] 
                                           and spatial_norm.affine
                                           and spatial_norm.track_running_stats))):
         return False
-    tensors = list(cbam.parameters())
+    tensors = list(params)
     for module in (norm, spatial_norm):
         if module is not None:
-            tensors += [module.weight, module.bias, module.running_mean, module.running_var]
+            tensors += [module.running_mean, module.running_var]
     # This runs once per block and call: ``is`` and ``is_cpu`` instead of building devices.
     if not all(t.dtype is x.dtype and t.is_cpu and t.is_contiguous() for t in tensors):
         return False
@@ -250,14 +247,15 @@ def native_supported(cbam: nn.Module, x: Tensor, norm: Optional[nn.BatchNorm2d] 
 
 def native_cbam(inp: Tensor,
                 cbam: nn.Module,
-                norm: Optional[nn.BatchNorm2d] = None,
+                norm: Optional[nn.BatchNorm2d],
+                params: List[Tensor],
+                needs_grad: bool,
                 overwrite_input: bool = False,
                 shortcut: Optional[Tensor] = None) -> Tensor:
     """``cbam(inp)``, or ``cbam(norm(inp))`` with ``norm``, through the native kernels; with a
-    ``shortcut``, ``relu(... + shortcut)``. Without autograd recording, a shortcut of ``inp``'s
-    layout is added in the kernels' last pass, and with ``overwrite_input`` the output is written
-    into ``inp``."""
-    params, needs_grad = function_params(inp, cbam, norm)
+    ``shortcut``, ``relu(... + shortcut)``. ``params`` and ``needs_grad`` are
+    ``function_params``'. Without autograd recording, a shortcut of ``inp``'s layout is added in
+    the kernels' last pass, and with ``overwrite_input`` the output is written into ``inp``."""
     if needs_grad:
         return add_shortcut_relu(NativeCBAMFunction.apply(inp, cbam, norm, *params), shortcut)
     fuse_shortcut = shortcut is None or (

@@ -318,7 +318,7 @@ class CBAM(BaseModule):
         params, needs_grad = function_params(x, self, norm)
         if native_supported(self, x, norm, params):
             return native_cbam(x, self, norm, params, needs_grad, overwrite_input, shortcut)
-        return add_shortcut_relu(fused_cbam(x, self, norm), shortcut)
+        return add_shortcut_relu(fused_cbam(x, self, norm, params, needs_grad), shortcut)
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, C, H, W)."""

@@ -273,9 +273,10 @@ def add_shortcut_relu(out: Tensor, shortcut: Optional[Tensor]) -> Tensor:
     return out if shortcut is None else out.add_(shortcut).relu_()
 
 
-def fused_cbam(inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d] = None) -> Tensor:
-    """Run ``cbam(inp)``, or ``cbam(norm(inp))`` with ``norm``, through the fused path."""
-    params, needs_grad = function_params(inp, cbam, norm)
+def fused_cbam(inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d],
+               params: List[Tensor], needs_grad: bool) -> Tensor:
+    """Run ``cbam(inp)``, or ``cbam(norm(inp))`` with ``norm``, through the fused path;
+    ``params`` and ``needs_grad`` are ``function_params``'."""
     if needs_grad:
         return FusedCBAMFunction.apply(inp, cbam, norm, *params)
     x = inp if norm is None else _batch_norm_forward(norm, inp)[0]

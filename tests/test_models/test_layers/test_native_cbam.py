@@ -152,25 +152,29 @@ def test_shortcut_and_relu_in_the_last_pass(shortcut_calls):
     torch.testing.assert_close(wanting_grad.grad, (out > 0).double())
 
 
-def r18_fused_and_eager():
+def fused_and_eager_resnets(depth=18):
     from cbam_mmdet.models.backbones import CBAMResNet
     from cbam_mmdet.models.backbones.cbam_resnet import mmdet_scope_if_unset
     with mmdet_scope_if_unset():
-        fused = CBAMResNet(depth=18)
-        eager = CBAMResNet(depth=18, cbam_cfg=dict(type='CBAM', fused=False))
+        fused = CBAMResNet(depth=depth)
+        eager = CBAMResNet(depth=depth, cbam_cfg=dict(type='CBAM', fused=False))
+    for name, param in fused.named_parameters():  # trained-like, non-constant spatial gates
+        if 'spatial' in name:
+            nn.init.normal_(param, std=0.5)
     eager.load_state_dict(fused.state_dict())
     for model in (fused, eager):
         model.eval()  # mmdet's ResNet.train returns None
     return fused, eager
 
 
-def test_backbone_inference_fuses_the_block_ends(shortcut_calls):
-    fused, eager = r18_fused_and_eager()
+@pytest.mark.parametrize('depth,blocks', [(18, 8), (50, 16)])  # BasicBlock, Bottleneck
+def test_backbone_inference_fuses_the_block_ends(shortcut_calls, depth, blocks):
+    fused, eager = fused_and_eager_resnets(depth)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = eager(x)
         got = fused(x)
-    assert shortcut_calls == [True] * 8  # every block of ResNet-18
+    assert shortcut_calls == [True] * blocks  # every block
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
@@ -179,7 +183,7 @@ def test_backbone_inference_keeps_hooked_tensors(shortcut_calls):
     """Blocks let CBAM overwrite their last conv's output in inference unless a hook may hold it,
     and add the shortcut and apply the ReLU unless a hook must see the ReLU; every way the
     features are the eager backbone's."""
-    fused, eager = r18_fused_and_eager()
+    fused, eager = fused_and_eager_resnets()
     block = fused.layer1[0]
     x = torch.randn(1, 3, 64, 64)
     conv_calls, relu_outputs = [], []

@@ -21,7 +21,7 @@ NOT_SOURCE = shutil.ignore_patterns('.venv', '.git', 'build', 'dist', '*.egg-inf
                                     '*.pyc', 'work_dirs', 'data', 'checkpoints', '.pytest_cache',
                                     '.hypothesis')
 INHERITED = 'demo/faster-rcnn_r18-cbam_fpn_300i_synthetic.py'
-USER_CONFIG = """_base_ = '{{$CBAM_MMDET_CONFIGS}}/%s'
+USER_CONFIG = """_base_ = '{{$CBAM_MMDET_CONFIGS:}}/%s'
 # A change of the user's own, so the run is not simply our config.
 model = dict(rpn_head=dict(feat_channels=64))
 """ % INHERITED
@@ -155,3 +155,15 @@ def test_mim_trains_and_tests_an_inheriting_config_elsewhere(installed, syntheti
                   data_options(synthetic), env=env, cwd=project)
     assert osp.join(package, '.mim', 'tools', 'test.py') in test.stdout
     assert 'coco/bbox_mAP' in (project / 'm.json').read_text()
+
+
+def test_editable_install_uses_the_checkout_in_place(source_copy, tmp_path):
+    """`make env`'s install: the package imports from the checkout, and its .mim/ links lead to
+    the checkout's configs and tools (the path that inheriting configs use)."""
+    python = fresh_venv(tmp_path / 'venv')
+    pip('--python', python, 'install', '--no-deps', '--no-build-isolation', '--no-index', '-e',
+        str(source_copy))
+    package = installed_package_dir(python, tmp_path)
+    assert osp.samefile(package, source_copy / 'cbam_mmdet')
+    assert osp.samefile(osp.join(package, '.mim', 'configs'), source_copy / 'configs')
+    assert osp.isfile(osp.join(package, '.mim', 'tools', 'train.py'))

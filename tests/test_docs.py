@@ -1,6 +1,7 @@
 """Every relative link, repository path and command named in the README, docs/ and the config
 READMEs exists: linked files and headings, files and folders, `make` targets, tools and each
 option given to a tool (checked against that tool's own ``--help``)."""
+import concurrent.futures
 import functools
 import glob
 import os
@@ -128,12 +129,17 @@ def flags(words):
 
 
 @functools.lru_cache(maxsize=None)
-def help_text(script, *subcommand):
-    """``--help`` of a Python tool (and of one of its subcommands), run from the repository."""
-    result = subprocess.run([sys.executable, script, *subcommand, '--help'], capture_output=True,
-                            text=True, timeout=300, cwd=REPO_ROOT)
-    assert result.returncode == 0, f'{script} --help failed:\n{result.stderr[-2000:]}'
+def help_text(*command):
+    """What ``command --help`` prints (a tool of ours, one of mmdet's, ``mim train``), run from
+    the repository."""
+    result = subprocess.run([*command, '--help'], capture_output=True, text=True, timeout=600,
+                            cwd=REPO_ROOT)
+    assert result.returncode == 0, f'{command} --help failed:\n{result.stderr[-2000:]}'
     return result.stdout
+
+
+def option_names(text):
+    return set(re.findall(r'(?<![\w-])(--?[A-Za-z][\w-]*)', text))
 
 
 def mmdet_tool(name):
@@ -144,74 +150,87 @@ def mmdet_tool(name):
     return found[0] if found else None
 
 
-def check_tool_flags(page, line, script, args):
-    """Problems with the options ``args`` given to ``script``, against its --help."""
-    positional = [word for word in args if not word.startswith('-')]
-    text = help_text(script)
-    subcommands = re.search(r'\{([\w,-]+)\}', text)
-    if subcommands and positional and positional[0] in subcommands.group(1).split(','):
-        text = help_text(script, positional[0])
-    known = set(re.findall(r'(?<![\w-])(--?[A-Za-z][\w-]*)', text))
-    return [f'{page}: `{line}`: {script} has no option {flag}' for flag in flags(args)
-            if flag not in known]
+def resolve_command(root, line):
+    """What a documented command runs: ``(kind, target, args)``, where kind is 'python' (target:
+    the script whose options args holds), 'make' (target: None), 'mim' (target: train or test)
+    or 'missing' (target: what does not exist); None for commands of other programs (pip)."""
+    words = split_command(line)
+    if len(words) > 1 and words[0] in PYTHONS and words[1].endswith('.py'):
+        script, args = words[1], words[2:]
+    elif words and words[0].startswith('tools/') and words[0].endswith('.sh'):
+        script, args = words[0], words[1:]
+    elif words and words[0] == 'make':
+        return 'make', None, words[1:]
+    elif words[:3] == ['mim', 'run', 'mmdet'] and len(words) > 3:
+        script = mmdet_tool(words[3])
+        return ('python', script, words[4:]) if script else ('missing', words[3], [])
+    elif words[:1] == ['mim'] and words[2:3] == ['cbam_mmdet']:
+        return 'mim', words[1], words[3:]
+    else:
+        return None
+    if not osp.isfile(osp.join(root, script)):
+        return 'missing', script, []
+    if script.endswith('.sh'):  # the launchers pass their options on to train.py or test.py
+        script = osp.join('tools', 'test.py' if script.endswith('_test.sh') else 'train.py')
+    return 'python', script, args
+
+
+def help_commands(kind, target):
+    """The --help commands whose options a resolved command may use."""
+    if kind == 'python':
+        return [(sys.executable, target)]
+    if kind == 'mim' and target in ('train', 'test'):
+        mim = osp.join(osp.dirname(sys.executable), 'mim')
+        return [(mim, target), (sys.executable, osp.join('tools', f'{target}.py'))]
+    return []
 
 
 def check_command(root, page, line):
     """Problems with one documented command (only commands of this project and of mmdet's tools
     are checked; others, e.g. pip, are left alone)."""
-    words = split_command(line)
-    if not words:
+    resolved = resolve_command(root, line)
+    if resolved is None:
         return []
-    if words[0] in PYTHONS and len(words) > 1 and words[1].endswith('.py'):
-        script, args = words[1], words[2:]
-    elif words[0].startswith('tools/') and words[0].endswith('.sh'):
-        script, args = words[0], words[1:]
-    elif words[0] == 'make':
+    kind, target, args = resolved
+    if kind == 'missing':
+        return [f'{page}: `{line}`: {target} does not exist']
+    if kind == 'make':
         with open(osp.join(root, 'Makefile')) as f:
             targets = set(re.findall(r'^([\w-]+):', f.read(), re.M))
-        return [f'{page}: `{line}`: no make target {target}' for target in words[1:]
-                if not ENV_ASSIGNMENT.match(target) and target not in targets]
-    elif words[:2] == ['mim', 'run'] and len(words) > 3 and words[2] == 'mmdet':
-        script = mmdet_tool(words[3])
-        if script is None:
-            return [f'{page}: `{line}`: mmdet ships no tool {words[3]}']
-        return check_tool_flags(page, line, script, words[4:])
-    elif words[0] == 'mim' and len(words) > 2 and words[2] == 'cbam_mmdet':
-        return check_mim_command(root, page, line, words)
-    else:
-        return []
-    if not osp.isfile(osp.join(root, script)):
-        return [f'{page}: `{line}`: {script} does not exist']
-    if script.endswith('.sh'):  # the launchers pass their options on to train.py or test.py
-        script = osp.join('tools', 'test.py' if script.endswith('_test.sh') else 'train.py')
-    return check_tool_flags(page, line, script, args)
-
-
-def check_mim_command(root, page, line, words):
-    """``mim train|test cbam_mmdet CONFIG [options]``: the config exists (as a path, or by name
-    among ours, as mim looks it up) and each option is mim's or our tool's."""
-    action, args = words[1], words[3:]
-    if action not in ('train', 'test'):
-        return [f'{page}: `{line}`: mim {action} is not documented to work with cbam_mmdet']
+        return [f'{page}: `{line}`: no make target {name}' for name in args
+                if not ENV_ASSIGNMENT.match(name) and name not in targets]
     problems = []
-    config = args[0] if args and not args[0].startswith('-') else None
-    if config and not is_placeholder(config) and not osp.exists(osp.join(root, config)) and not glob.glob(
-            osp.join(root, 'configs', '**', osp.basename(config)), recursive=True):
-        problems.append(f'{page}: `{line}`: no config {config}')
-    mim_help = mim_help_text(action)
-    tool = help_text(osp.join('tools', f'{action}.py'))
-    known = set(re.findall(r'(?<![\w-])(--?[A-Za-z][\w-]*)', mim_help + tool))
-    problems += [f'{page}: `{line}`: neither mim {action} nor tools/{action}.py has {flag}'
-                 for flag in flags(args) if flag not in known]
-    return problems
+    if kind == 'mim':
+        if target not in ('train', 'test'):
+            return [f'{page}: `{line}`: mim {target} is not documented to work with cbam_mmdet']
+        config = args[0] if args and not args[0].startswith('-') else None
+        if config and not is_placeholder(config) and not osp.exists(osp.join(root, config)) \
+                and not glob.glob(osp.join(root, 'configs', '**', osp.basename(config)),
+                                  recursive=True):
+            problems.append(f'{page}: `{line}`: no config {config}')
+    known = set().union(*(option_names(help_text(*command))
+                          for command in help_commands(kind, target)))
+    subcommands = re.search(r'\{([\w,-]+)\}', help_text(sys.executable, target)) \
+        if kind == 'python' else None
+    positional = [word for word in args if not word.startswith('-')]
+    if subcommands and positional and positional[0] in subcommands.group(1).split(','):
+        known |= option_names(help_text(sys.executable, target, positional[0]))
+    return problems + [f'{page}: `{line}`: {target} has no option {flag}' for flag in flags(args)
+                       if flag not in known]
 
 
-@functools.lru_cache(maxsize=None)
-def mim_help_text(action):
-    mim = osp.join(osp.dirname(sys.executable), 'mim')
-    result = subprocess.run([mim, action, '--help'], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
+def prefetch_help(root, pages):
+    """Runs every --help the pages need at once: each takes seconds (the tools import torch and
+    mmdet), and they wait on different cores."""
+    commands = set()
+    for page in pages:
+        with open(osp.join(root, page), encoding='utf-8') as f:
+            for line in shell_commands(f.read()):
+                resolved = resolve_command(root, line)
+                if resolved:
+                    commands.update(help_commands(*resolved[:2]))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda command: help_text(*command), sorted(commands)))
 
 
 def page_problems(root, page):
@@ -223,8 +242,13 @@ def page_problems(root, page):
     return problems
 
 
+@pytest.fixture(scope='module')
+def all_help():
+    prefetch_help(REPO_ROOT, doc_pages(REPO_ROOT))
+
+
 @pytest.mark.parametrize('page', doc_pages(REPO_ROOT))
-def test_page_links_paths_and_commands_exist(page):
+def test_page_links_paths_and_commands_exist(page, all_help):
     problems = page_problems(REPO_ROOT, page)
     assert not problems, '\n'.join(problems)
 
@@ -263,5 +287,6 @@ def test_broken_links_paths_and_commands_are_reported(tmp_path):
                      'no option --another-bad-flag', 'no make target no-such-target',
                      'no config no_such_config.py'):
         assert expected in problems
-    for fine in ('#a-heading', 'tools/train.py does not exist', 'option --work-dir', 'has --gpus'):
+    for fine in ('#a-heading', 'tools/train.py does not exist', 'option --work-dir',
+                 'option --gpus'):
         assert fine not in problems

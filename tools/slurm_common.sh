@@ -1,4 +1,12 @@
 # Shared by tools/slurm_train.sh and tools/slurm_test.sh (sourced, not run).
+# require_arguments COUNT GIVEN USAGE: exits with the usage unless at least COUNT were given.
+require_arguments() {
+    if [ "$2" -lt "$1" ]; then
+        echo "usage: $0 $3" >&2
+        exit 2
+    fi
+}
+
 check_count() {
     if ! [[ $2 =~ ^[1-9][0-9]*$ ]]; then
         echo "$1 must be a positive integer, got '$2'" >&2

@@ -290,3 +290,21 @@ def test_broken_links_paths_and_commands_are_reported(tmp_path):
     for fine in ('#a-heading', 'tools/train.py does not exist', 'option --work-dir',
                  'option --gpus'):
         assert fine not in problems
+
+
+def test_model_index_lists_every_config_folder_and_config():
+    import yaml
+    with open(osp.join(REPO_ROOT, 'model-index.yml')) as f:
+        imported = yaml.safe_load(f)['Import']
+    folders = sorted(osp.dirname(path) for path in glob.glob('configs/*/*.py', root_dir=REPO_ROOT))
+    assert sorted(osp.dirname(path) for path in imported) == sorted(set(folders))
+    for metafile in imported:
+        with open(osp.join(REPO_ROOT, metafile)) as f:
+            meta = yaml.safe_load(f)
+        for collection in meta['Collections']:
+            assert osp.isfile(osp.join(REPO_ROOT, collection['README']))
+        listed = {model['Config'] for model in meta['Models']}
+        assert listed == set(glob.glob(osp.join(osp.dirname(metafile), '*.py'),
+                                       root_dir=REPO_ROOT))
+        assert all(model['In Collection'] in {c['Name'] for c in meta['Collections']}
+                   for model in meta['Models'])

@@ -66,3 +66,12 @@ def synthetic_imagenet(tmp_path_factory):
     out = tmp_path_factory.mktemp('data') / 'synthetic_in1k'
     run([sys.executable, osp.join(TOOLS, 'make_synthetic_imagenet.py'), str(out)])
     return str(out)
+
+
+def load_tool(name):
+    """Import ``tools/NAME.py`` as a module (the tools are scripts, not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, osp.join(TOOLS, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

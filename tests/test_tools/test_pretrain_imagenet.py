@@ -12,7 +12,7 @@ from mmengine.config import Config
 
 from authors_reference import AuthorsCBAMResNet, randomize_, save_authors_checkpoint
 from cbam_mmdet.utils.pretrained import CheckpointError
-from conftest import DEMO_CONFIG, REPO_ROOT, TOOLS, run
+from conftest import DEMO_CONFIG, REPO_ROOT, TOOLS, load_tool, run
 from mmdet.registry import MODELS
 
 IMAGENET_CONFIGS = osp.join(REPO_ROOT, 'configs', 'imagenet')
@@ -131,6 +131,17 @@ def detector_from(config_name, checkpoint, monkeypatch):
 
 
 @pytest.mark.parametrize('config_name', R101_CBAM_DETECTORS)
+def test_r101_cbam_detectors_default_to_torchvision_weights(config_name, monkeypatch):
+    monkeypatch.delenv('CBAM_R101_CHECKPOINT', raising=False)
+    model = Config.fromfile(osp.join(FASTER_RCNN, config_name)).model
+    modules = [model.backbone] + ([model.roi_head.shared_head] if 'c4' in config_name else [])
+    for module in modules:
+        assert module.start_from_parent
+        assert module.init_cfg == dict(type='Pretrained', checkpoint='torchvision://resnet101',
+                                       prefix=None)
+
+
+@pytest.mark.parametrize('config_name', R101_CBAM_DETECTORS)
 def test_r101_cbam_detectors_start_from_a_classifier_through_one_setting(
         config_name, cbam_r101_classifier, monkeypatch):
     path, weights = cbam_r101_classifier
@@ -166,7 +177,7 @@ def test_mmpretrain_test_tool_evaluates_a_converted_authors_classifier(
         synthetic_imagenet, tmp_path):
     src, dst = str(tmp_path / 'RESNET50_CBAM.pth.tar'), str(tmp_path / 'cbam_r50_in1k.pth')
     save_authors_checkpoint(randomize_(AuthorsCBAMResNet(50), seed=6), src)
-    run([sys.executable, osp.join(TOOLS, 'convert_official_cbam.py'), src, dst, '--classifier'])
+    assert load_tool('convert_official_cbam').main([src, dst, '--classifier']) == 0
     mmpretrain_tools = osp.join(
         importlib.util.find_spec('mmpretrain').submodule_search_locations[0], '.mim', 'tools')
     config = osp.join(IMAGENET_CONFIGS, 'resnet50-cbam_8xb32-100e_in1k.py')

@@ -61,8 +61,8 @@ def data_options(synthetic, max_iters=2, seed=None):
 
 @pytest.fixture(scope='session')
 def synthetic_imagenet(tmp_path_factory):
-    """A small classification set in mmpretrain's ImageNet layout (tools/make_synthetic_imagenet.py):
-    3 classes, 12 train and 6 val images of 64x64."""
+    """A small classification set in mmpretrain's ImageNet layout, 3 classes, 12 train and 6 val
+    images of 64x64 (tools/make_synthetic_imagenet.py)."""
     out = tmp_path_factory.mktemp('data') / 'synthetic_in1k'
     run([sys.executable, osp.join(TOOLS, 'make_synthetic_imagenet.py'), str(out)])
     return str(out)

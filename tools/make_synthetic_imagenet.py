@@ -23,18 +23,16 @@ OUT_DIR is either complete or absent; an existing OUT_DIR is refused (never repl
 """
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from typing import Dict, Optional, Sequence
 
 import cv2
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_synthetic_dataset import (CLASSES, JPEG_QUALITY, SIZE_RANGE,  # noqa: E402
-                                    cluttered_background, contrasting_colour, image_rng,
-                                    shape_mask)
+from make_synthetic_dataset import (CLASSES, JPEG_QUALITY, add_dataset_args,  # noqa: E402
+                                    check_dataset_args, cluttered_background,
+                                    contrasting_colour, image_rng, shape_mask, write_dataset)
 
 
 def render_sample(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
@@ -71,23 +69,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Write a deterministic synthetic classification dataset (circle, square, '
                     'triangle) in mmpretrain\'s ImageNet layout.')
-    parser.add_argument('out_dir', metavar='OUT_DIR', help='directory to create')
-    parser.add_argument('--seed', type=int, default=0, help='random seed (>= 0, default 0)')
-    parser.add_argument('--num-train', type=int, default=12,
-                        help='number of train images (>= 1, default 12)')
-    parser.add_argument('--num-val', type=int, default=6,
-                        help='number of val images (>= 1, default 6)')
-    parser.add_argument('--size', type=int, default=64,
-                        help=f'image side in pixels ({SIZE_RANGE[0]}..{SIZE_RANGE[1]}, '
-                             f'default 64)')
+    add_dataset_args(parser, num_train=12, num_val=6, size=64)
     args = parser.parse_args(argv)
-    for option, value, minimum in (('--seed', args.seed, 0), ('--num-train', args.num_train, 1),
-                                   ('--num-val', args.num_val, 1)):
-        if value < minimum:
-            parser.error(f'{option} must be >= {minimum}, got {value}')
-    if not SIZE_RANGE[0] <= args.size <= SIZE_RANGE[1]:
-        parser.error(f'--size must be between {SIZE_RANGE[0]} and {SIZE_RANGE[1]}, '
-                     f'got {args.size}')
+    check_dataset_args(parser, args)
     if not args.out_dir.strip():
         parser.error('OUT_DIR is empty; give the directory to create, e.g. data/synthetic_in1k')
     if os.path.lexists(args.out_dir):
@@ -98,21 +82,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    parent = os.path.dirname(args.out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f'{os.path.basename(args.out_dir)}.tmp-', dir=parent)
-    try:
-        # mkdtemp makes the directory private (0o700); give OUT_DIR the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_dir, 0o777 & ~umask)
-        generate(tmp_dir, args.seed, dict(train=args.num_train, val=args.num_val), args.size)
-        os.rename(tmp_dir, args.out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    print(f'wrote {args.out_dir}')
+    write_dataset(parse_args(argv), generate)
     return 0
 
 

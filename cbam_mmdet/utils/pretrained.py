@@ -5,8 +5,10 @@ depth, architecture or layout only produces a log line listing keys, and the net
 a partly random start. A missing, empty or corrupt file surfaces as a bare ``torch.load`` error
 from deep inside the Runner. :func:`check_pretrained_resnet` runs before mmengine loads the
 checkpoint of one of our ResNet-family modules and turns every such case into an error that names
-the file, the problem and the fix. :func:`read_checkpoint` is the one weights-only reader behind it
-(and behind the converter and the tools' ``--resume`` / test checkpoints).
+the file, the problem and the fix; it reads mmpretrain classifier checkpoints too (loaded with
+``prefix='backbone.'``, their ``head.*`` keys unused). :func:`read_checkpoint` is the one
+weights-only reader behind it (and behind the converter and the tools' ``--resume`` / test
+checkpoints).
 """
 import os
 import pickle
@@ -216,6 +218,7 @@ def _check_one(path, prefix, module, expected, plugin_names, stage_blocks, depth
                 f'pretrained weights"), or point CBAM_R50_CHECKPOINT at a converted file')
     state = state_dict_of(read_checkpoint(path, missing_hint=hint), path)
     where = f'checkpoint {path} (init_cfg of {owner})'
+    classifier = is_classifier_state(state)
 
     if prefix:
         dotted = prefix if prefix.endswith('.') else prefix + '.'
@@ -236,7 +239,8 @@ def _check_one(path, prefix, module, expected, plugin_names, stage_blocks, depth
     own_top = {k.split('.')[0] for k in expected}
     relevant = {k: v for k, v in state.items() if k.split('.')[0] in own_top}
     if not relevant:
-        raise CheckpointError(f'{where}: ' + _foreign_checkpoint_problem(state, expected))
+        raise CheckpointError(f'{where}: ' + (CLASSIFIER_WITHOUT_PREFIX if classifier else
+                                              _foreign_checkpoint_problem(state, expected)))
 
     _check_stages(where, state, stage_blocks, depth, bottleneck, owner)
 
@@ -260,11 +264,35 @@ def _check_one(path, prefix, module, expected, plugin_names, stage_blocks, depth
         raise CheckpointError(f'{where}: does not fit the {owner} (depth {depth}):'
                               + ''.join(f'\n  - {problem}' for problem in problems))
     if wants_cbam and not has_cbam and not start_from_parent:
+        if classifier:
+            raise CheckpointError(f'{where}: {plain_classifier_problem(owner)}')
         warnings.warn(
             f'{where}: is a plain ResNet checkpoint without CBAM weights; every CBAM keeps its '
             f'random init and attenuates its residual branch (to about a quarter), distorting '
             f'the pretrained features. Set start_from_parent=True to start from exactly the '
             f'plain network (see README).', UserWarning, stacklevel=2)
+
+
+def is_classifier_state(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``state`` is an mmpretrain ``ImageClassifier``'s (``backbone.*`` and ``head.*``
+    keys, and the neck's if it has weights), as mmpretrain's Runner saves it."""
+    top = {key.split('.')[0] for key in state}
+    return {'backbone', 'head'} <= top <= {'backbone', 'neck', 'head'}
+
+
+CLASSIFIER_WITHOUT_PREFIX = (
+    "is an mmpretrain image classifier (backbone.*, head.* keys): load its backbone with "
+    "prefix='backbone.' in the Pretrained init_cfg (its head.* keys, the ImageNet classifier, "
+    "are not used)")
+
+
+def plain_classifier_problem(owner: str) -> str:
+    """Why a classifier without CBAM weights is refused for a CBAM module."""
+    return (f'is a plain classifier: its backbone has no CBAM weights, but the {owner} has CBAM '
+            f'in its blocks, which would keep their random init. Use a classifier trained with '
+            f'a -cbam config of configs/imagenet/ (docs/pretraining.md), or the plain detection '
+            f'config for this one; to start from plain weights on purpose, set '
+            f'start_from_parent=True')
 
 
 def _top_level(state: Mapping[str, torch.Tensor]) -> List[str]:

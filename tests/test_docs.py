@@ -18,7 +18,7 @@ from conftest import REPO_ROOT
 # Pages that other branches add and that the README links already; they are checked like any
 # other page once they exist. Remove an entry when its page has landed.
 PAGES_ADDED_ELSEWHERE = frozenset(
-    {'docs/compare.md', 'docs/deployment.md', 'docs/pretraining.md'})
+    {'docs/compare.md', 'docs/deployment.md'})
 # Top-level folders of this repository: a code span starting with one names a path in it.
 REPO_FOLDERS = ('cbam_mmdet', 'configs', 'docs', 'requirements', 'tests', 'tools')
 LINK = re.compile(r'(?<!!)\[[^\]]*\]\(([^)\s]+)\)')

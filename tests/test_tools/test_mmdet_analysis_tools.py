@@ -54,10 +54,11 @@ def test_browse_dataset_draws_the_training_boxes(synthetic, tool_env, tmp_path):
         assert annotated.shape == original.shape
         # The train pipeline flips half the images. The boxes and labels change some pixels a
         # lot; the rest stays the image.
-        changed = min(changed_fraction(annotated, view) for view in (original, original[:, ::-1]))
-        assert 0.002 < changed < 0.5
+        changed = min(changed_pixels(annotated, view) for view in (original, original[:, ::-1]))
+        assert 40 < changed < annotated.shape[0] * annotated.shape[1] / 2
 
 
-def changed_fraction(image, reference):
+def changed_pixels(image, reference):
+    """How many pixels differ strongly (more than JPEG re-encoding changes them)."""
     difference = np.abs(image.astype(int) - reference.astype(int)).max(axis=2)
-    return (difference > 100).mean()
+    return int((difference > 100).sum())

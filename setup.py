@@ -9,7 +9,7 @@ setup(
     version=version['__version__'],
     description='CBAM (Convolutional Block Attention Module) for MMDetection 3.x',
     packages=find_packages(include=['cbam_mmdet', 'cbam_mmdet.*']),
-    # The CPU kernels' source, compiled on first use (cbam_mmdet/utils/cpp_library.py).
+    # The CPU kernels' source, compiled on first use (cbam_mmdet/runtime/cpp_library.py).
     package_data={'cbam_mmdet': ['models/layers/csrc/*.cpp']},
     python_requires='>=3.8',
     install_requires=[

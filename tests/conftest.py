@@ -1,3 +1,5 @@
+import functools
+import importlib.util
 import os
 import os.path as osp
 import subprocess
@@ -16,6 +18,28 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = osp.join(REPO_ROOT, 'tools')
 DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'faster-rcnn_r18-cbam_fpn_300i_synthetic.py')
+
+
+@functools.lru_cache(maxsize=None)
+def load_tool(name: str):
+    """The script tools/{name}.py imported as a module (once per session), e.g. 'train',
+    'analysis/complexity'."""
+    spec = importlib.util.spec_from_file_location(
+        f'{name.replace("/", "_")}_tool', osp.join(TOOLS, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Exploit:
+    """Pickles as a call of ``os.system``: loading it must not run the command, which would
+    create ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}', )
 
 
 @pytest.fixture(autouse=True, scope='session')
@@ -43,7 +67,6 @@ def synthetic(tmp_path_factory):
     run([sys.executable, osp.join(TOOLS, 'make_synthetic_dataset.py'), str(out),
          '--num-train', '8', '--num-val', '4'])
     return str(out)
-
 
 
 def data_options(synthetic, max_iters=2, seed=None):

@@ -1,4 +1,3 @@
-import importlib.util
 import os
 import subprocess
 import sys
@@ -9,12 +8,11 @@ from mmengine.runner import load_checkpoint
 
 from authors_reference import AuthorsCBAMResNet, randomize_, save_authors_checkpoint
 from cbam_mmdet.models import CBAMResNet
+from conftest import TOOLS, Exploit, load_tool
 from mmdet.models.backbones import ResNet
 
-TOOL = os.path.join(os.path.dirname(__file__), '..', '..', 'tools', 'convert_official_cbam.py')
-spec = importlib.util.spec_from_file_location('convert_official_cbam', TOOL)
-converter = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(converter)
+TOOL = os.path.join(TOOLS, 'convert_official_cbam.py')
+converter = load_tool('convert_official_cbam')
 
 
 @pytest.fixture(scope='module')
@@ -77,13 +75,7 @@ def test_old_checkpoints_without_bn_counters_convert(tmp_path):
 
 
 def write_hostile(path, marker):
-
-    class Exploit:
-
-        def __reduce__(self):
-            return os.system, (f'touch {marker}', )
-
-    torch.save({'state_dict': {'conv1.weight': torch.zeros(1)}, 'payload': Exploit()}, path)
+    torch.save({'state_dict': {'conv1.weight': torch.zeros(1)}, 'payload': Exploit(marker)}, path)
 
 
 def write_plain(path):

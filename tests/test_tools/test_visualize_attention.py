@@ -1,4 +1,3 @@
-import importlib.util
 import os.path as osp
 
 import cv2
@@ -7,13 +6,10 @@ import pytest
 from mmengine.config import Config
 from mmengine.runner import save_checkpoint
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_tool
 from mmdet.registry import MODELS
 
-spec = importlib.util.spec_from_file_location(
-    'visualize_attention', osp.join(REPO_ROOT, 'tools', 'visualize_attention.py'))
-visualize = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(visualize)
+visualize = load_tool('visualize_attention')
 
 DEMO = osp.join(REPO_ROOT, 'configs', 'demo')
 CBAM_CONFIG = osp.join(DEMO, 'faster-rcnn_r18-cbam_fpn_300i_synthetic.py')

@@ -214,8 +214,10 @@ def test_start_from_parent_computes_the_plain_parent(plain_resnet_checkpoint, ar
 def test_without_start_from_parent_pretrained_features_are_attenuated(plain_resnet_checkpoint):
     """What the README says: CBAM's own init scales each residual branch by Mc * Ms < 0.5."""
     plain, path = plain_resnet_checkpoint
-    model = CBAMResNet(depth=18, init_cfg=dict(type='Pretrained', checkpoint=path))
-    model.init_weights()
+    model = CBAMResNet(depth=18, start_from_parent=False,
+                       init_cfg=dict(type='Pretrained', checkpoint=path))
+    with pytest.warns(UserWarning, match='random init'):
+        model.init_weights()
     model.eval()
     plain.eval()
     gains = []

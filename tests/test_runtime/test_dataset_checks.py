@@ -1,23 +1,20 @@
 """Dataset checks: every broken annotation or image file gives one clear error."""
-import importlib.util
 import json
 import shutil
 
 import pytest
 from mmengine.config import Config
 
-from cbam_mmdet.datasets import DatasetError, check_datasets, is_first_process
-from conftest import REPO_ROOT
+from cbam_mmdet.runtime.dataset_checks import DatasetError, check_datasets
+from cbam_mmdet.runtime.ranks import is_first_process
+from conftest import load_tool
 
 CLASSES = ('circle', 'square', 'triangle')
-SYNTHETIC_TOOL = f'{REPO_ROOT}/tools/make_synthetic_dataset.py'
 
 
 @pytest.fixture(scope='module')
 def pristine(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location('make_synthetic_dataset', SYNTHETIC_TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('make_synthetic_dataset')
     out = tmp_path_factory.mktemp('pristine') / 'synthetic'
     assert tool.main([str(out), '--num-train', '5', '--num-val', '2', '--size', '64']) == 0
     return out

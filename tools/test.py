@@ -28,7 +28,7 @@ from cbam_mmdet.runtime.dataset_checks import leaf_datasets
 # mmdet's defaults when a config has no test-time augmentation of its own: horizontal flip,
 # merged by NMS.
 DEFAULT_TTA_MODEL = dict(type='DetTTAModel',
-                         tester_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+                         tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
 TTA_META_KEYS = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
                  'flip_direction')
 

@@ -106,8 +106,11 @@ class Detector:
         with build_hints(cfg.model):
             self.model = init_detector(cfg, checkpoint, device=device)
         if checkpoint is not None and not allow_mismatch:
-            check_checkpoint_fits(self.model, checkpoint, f'the model of {config}',
-                                  '--allow-mismatch')
+            try:
+                check_checkpoint_fits(self.model, checkpoint, f'the model of {config}',
+                                      '--allow-mismatch')
+            except CheckpointError as err:
+                raise SystemExit(f'visualize_attention: error: {err}') from err
         warn_uncovered_stages(self.model)
         self.model.eval()
         if checkpoint is None:  # init_detector then assumes COCO; the config knows better
@@ -268,15 +271,18 @@ def spatial_figure(image: np.ndarray, maps: dict, data: dict) -> np.ndarray:
         spatial = blocks[-1][1]
         if spatial is None:
             continue
-        heat = on_input_image(spatial[0, 0], data)
-        low, high = float(heat.min()), float(heat.max())
-        if high - low < CONSTANT_SPREAD:  # nothing to stretch: drawn on the absolute scale
-            panels.append(labelled(overlay(image, heat), f'{stage} Ms constant {low:.4f}'))
-        else:  # stretched to its own range: trained maps often stay near 0.5
-            stretched = (heat - low) / (high - low)
-            panels.append(labelled(overlay(image, stretched),
-                                   f'{stage} Ms {value_range(low, high)}'))
+        heat, title = spatial_panel(on_input_image(spatial[0, 0], data))
+        panels.append(labelled(overlay(image, heat), f'{stage} {title}'))
     return np.concatenate(panels, axis=1)
+
+
+def spatial_panel(heat: np.ndarray) -> Tuple[np.ndarray, str]:
+    """The map to draw and its title: stretched to its own range (trained maps often stay near
+    0.5), or, when constant, on the absolute 0..1 scale, since there is nothing to stretch."""
+    low, high = float(heat.min()), float(heat.max())
+    if high - low < CONSTANT_SPREAD:
+        return heat, f'Ms constant {low:.4f}'
+    return (heat - low) / (high - low), f'Ms {value_range(low, high)}'
 
 
 def channel_rows(channel: List[np.ndarray], width: int) -> Tuple[np.ndarray, str]:
@@ -333,7 +339,9 @@ def gradcam_panel(image: np.ndarray, detector: Detector, data: dict, class_name:
     scale = np.array(data['data_samples'][0].scale_factor * 2)
     x1, y1, x2, y2 = (box * scale).round().astype(int)
     cv2.rectangle(panel, (x1, y1), (x2, y2), (255, 255, 255), 2)
-    return labelled(panel, f'{title}: {name} {score:.2f}')
+    # A map that is 0 everywhere (no positive evidence) would look like a valid cold map.
+    empty = '' if cam.max() > 0 else ' (CAM all 0)'
+    return labelled(panel, f'{title}: {name} {score:.2f}{empty}')
 
 
 def main(argv=None) -> None:

@@ -42,6 +42,22 @@ class Exploit:
         return os.system, (f'touch {self.marker}', )
 
 
+def bam_tensors(name: str, channels: int, reduction: int = 16) -> dict:
+    """The tensors of one BAM module (Park et al., 2018) as the authors' code names them: a
+    channel gate (an MLP with BN) and a spatial gate (1x1 reduce, dilated 3x3, 1x1 final)."""
+    hidden = channels // reduction
+    gates = {'channel_att.gate_c.gate_c_fc_0': (hidden, channels),
+             'channel_att.gate_c.gate_c_fc_final': (channels, hidden),
+             'spatial_att.gate_s.gate_s_conv_reduce0': (hidden, channels, 1, 1),
+             'spatial_att.gate_s.gate_s_conv_di_0': (hidden, hidden, 3, 3),
+             'spatial_att.gate_s.gate_s_conv_final': (1, hidden, 1, 1)}
+    state = {}
+    for module, shape in gates.items():
+        state[f'{name}.{module}.weight'] = torch.zeros(shape)
+        state[f'{name}.{module}.bias'] = torch.zeros(shape[0])
+    return state
+
+
 @pytest.fixture(autouse=True, scope='session')
 def mmdet_scope():
     init_default_scope('mmdet')

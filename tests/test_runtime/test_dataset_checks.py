@@ -84,6 +84,14 @@ def test_missing_coco_annotation_file(data):
             'Check data_root and ann_file')
 
 
+def test_voc_image_set_list_in_a_coco_config_is_named_as_such(data):
+    image_set = data / 'VOCdevkit' / 'VOC2007' / 'ImageSets' / 'Main' / 'train.txt'
+    message = refused(coco_cfg(data, ann_file=str(image_set)),
+                      f'annotation file {image_set} is a VOC image-set list',
+                      'this is a COCO-style dataset (CocoDataset)', 'Use a VOC config')
+    assert 'not valid JSON' not in message
+
+
 def test_truncated_coco_json_gives_the_position(data):
     text = coco_ann(data).read_text()
     coco_ann(data).write_text(text[:200])

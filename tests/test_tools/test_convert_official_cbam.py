@@ -8,7 +8,7 @@ from mmengine.runner import load_checkpoint
 
 from authors_reference import AuthorsCBAMResNet, randomize_, save_authors_checkpoint
 from cbam_mmdet.models import CBAMResNet
-from conftest import TOOLS, Exploit, load_tool
+from conftest import TOOLS, Exploit, bam_tensors, load_tool
 from mmdet.models.backbones import ResNet
 
 TOOL = os.path.join(TOOLS, 'convert_official_cbam.py')
@@ -83,6 +83,14 @@ def write_plain(path):
     torch.save({'state_dict': state}, path)
 
 
+def write_bam(path):
+    """A ResNet-50 with BAM modules after stages 1-3, keyed as the authors' BAM code keys them."""
+    state = ResNet(depth=50).state_dict()
+    for stage, channels in enumerate((256, 512, 1024), 1):
+        state.update(bam_tensors(f'bam{stage}', channels))
+    torch.save({'state_dict': {f'module.{k}': v for k, v in state.items()}}, path)
+
+
 def write_truncated(path, authors_src):
     with open(authors_src, 'rb') as f:
         data = f.read()
@@ -93,6 +101,8 @@ def write_truncated(path, authors_src):
 @pytest.mark.parametrize('case,args,message', [
     ('missing', [], 'no such file'),
     ('plain', [], 'not a CBAM ResNet'),
+    ('bam', [], 'bam1.* (10 tensors), bam2.* (10 tensors), bam3.* (10 tensors)): another '
+     'attention network (BAM, SE, ...), not CBAM'),
     ('truncated', [], 'is truncated, corrupt or not a PyTorch checkpoint'),
     ('hostile', [], 'refused by the weights-only loader'),
     ('wrong-depth', ['--depth', '101'], 'holds a ResNet-50'),
@@ -104,6 +114,8 @@ def test_bad_sources_are_refused_and_nothing_is_written(case, args, message, aut
     marker = tmp_path / 'pwned'
     if case == 'plain':
         write_plain(src)
+    elif case == 'bam':
+        write_bam(src)
     elif case == 'truncated':
         write_truncated(src, authors_r50[1])
     elif case == 'hostile':

@@ -96,7 +96,8 @@ def describe_modules(keys: Sequence[str]) -> str:
     for key in keys:
         module = '.'.join(key.split('.')[:3 if BLOCK_KEY.match(key) else 1])
         counts[module] = counts.get(module, 0) + 1
-    return show_keys([f'{module}.* ({n} tensors)' for module, n in counts.items()], limit=4)
+    return show_keys([f'{module}.* ({n} tensor{"s" if n != 1 else ""})'
+                      for module, n in counts.items()], limit=4)
 
 
 def pretrained_weights_kind(init_cfg) -> Optional[str]:

@@ -1,7 +1,8 @@
 """Hints for the mistakes a user who swaps a backbone makes, where mmdet's message names no fix.
 
 :func:`build_hints` wraps the building of a detector (our tools build through it): a misspelled
-type gets the registered names closest to it, mmdet's ``AssertionError: Not implemented yet.`` for
+type (also a plugin's, where mmcv says "Cannot find None in registry") gets the registered
+names closest to it, mmdet's ``AssertionError: Not implemented yet.`` for
 a ResNet-18/34 with plugins says to use ``CBAMResNet``. :func:`warn_uncovered_stages` checks a
 built detector: a CBAM backbone whose last stage runs as a plain C4 RoI head.
 """
@@ -37,7 +38,7 @@ def type_configs(cfg) -> Iterator[Mapping]:
 def registry_named(name: str) -> Registry:
     """mmdet's registry called ``name`` ('model', 'task util', ...); MODELS if none is."""
     for value in vars(mmdet.registry).values():
-        if isinstance(value, Registry) and value.name == name:
+        if isinstance(value, Registry) and value.name == name and value.scope == 'mmdet':
             return value
     return mmdet.registry.MODELS
 
@@ -45,10 +46,13 @@ def registry_named(name: str) -> Registry:
 def hint_for(err: BaseException, model_cfg) -> str:
     """What to do about an error raised while building ``model_cfg``; empty if nothing known."""
     if isinstance(err, KeyError):
-        match = _NOT_IN_REGISTRY.match(str(err.args[0]) if err.args else '')
+        message = str(err.args[0]) if err.args else ''
+        match = _NOT_IN_REGISTRY.match(message)
         if match:
             suggestion = did_you_mean(match['type'], registry_named(match['registry']))
             return f'{match["type"]!r} is not registered{suggestion}' if suggestion else ''
+        if message.startswith('Cannot find None in registry'):  # mmcv's, for a plugin
+            return '; '.join(unregistered_plugins(model_cfg))
     if isinstance(err, AssertionError) and str(err) == 'Not implemented yet.':
         for cfg in type_configs(model_cfg):
             if (cfg['type'] in ('ResNet', 'ResNetV1d') and cfg.get('plugins')
@@ -57,6 +61,18 @@ def hint_for(err: BaseException, model_cfg) -> str:
                         f">= 50); for depth {cfg['depth']} with CBAM use type='CBAM"
                         f"{cfg['type']}' (BasicBlocks with plugins, CBAM built in)")
     return ''
+
+
+def unregistered_plugins(model_cfg) -> List[str]:
+    """What is wrong with each plugin type of ``model_cfg`` that mmcv cannot build."""
+    problems = []
+    for cfg in type_configs(model_cfg):
+        for plugin in cfg.get('plugins') or []:
+            plugin_type = plugin.get('cfg', {}).get('type') if isinstance(plugin, Mapping) else None
+            if isinstance(plugin_type, str) and mmdet.registry.MODELS.get(plugin_type) is None:
+                problems.append(f'plugin type {plugin_type!r} of {cfg["type"]} is not '
+                                f'registered{did_you_mean(plugin_type)}')
+    return problems
 
 
 @contextlib.contextmanager

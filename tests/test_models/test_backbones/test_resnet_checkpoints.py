@@ -9,7 +9,7 @@ from cbam_mmdet.models import CBAMResNet, CBAMResNetV1d, CBAMResNeXt
 from cbam_mmdet.models.roi_heads.shared_heads.cbam_res_layer import CBAMResLayer
 from cbam_mmdet.models.backbones.resnet_checkpoints import resnet_depth, resnet_stage_blocks
 from cbam_mmdet.runtime.checkpoints import CheckpointError
-from conftest import Exploit
+from conftest import Exploit, bam_tensors
 from mmdet.models.backbones import ResNet
 from mmdet.registry import MODELS
 
@@ -205,6 +205,16 @@ def test_plain_resnet_checkpoint_with_start_from_parent_false_warns_once(tmp_pat
             warnings.simplefilter('error')
             init(CBAMResNet(depth=18, start_from_parent=start_from_parent,
                             init_cfg=pretrained(path)))
+
+
+def test_keys_of_other_attention_modules_are_named_and_refused(tmp_path):
+    state = ResNet(depth=18).state_dict()
+    state.update(bam_tensors('bam1', 64))
+    state['layer2.0.se.fc1.weight'] = torch.zeros(8, 128)
+    path = save_state(tmp_path / 'bam_r18.pth', state)
+    message = refuse(CBAMResNet(depth=18, init_cfg=pretrained(path)))
+    assert ('holds 11 tensors of modules a ResNet does not have (bam1.* (10 tensors), '
+            'layer2.0.se.* (1 tensor))') in message and 'BAM, SE' in message
 
 
 def test_dcn_offsets_and_other_plugins_may_be_absent(tmp_path):

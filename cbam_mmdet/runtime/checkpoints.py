@@ -148,5 +148,3 @@ def local_pretrained_cfgs(init_cfg) -> List[dict]:
     return [cfg for cfg in cfgs if isinstance(cfg, Mapping)
             and cfg.get('type') in ('Pretrained', PretrainedInit)
             and cfg.get('checkpoint') and is_local(cfg['checkpoint'])]
-
-

@@ -1,12 +1,11 @@
 """tools/benchmark_cbam.py at tiny sizes: table, JSON and plot content (no timing checks)."""
 import json
 import os
-import os.path as osp
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT, load_tool
+from conftest import load_tool
 
 benchmark_cbam = load_tool('benchmark_cbam')
 

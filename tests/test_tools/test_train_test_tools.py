@@ -13,6 +13,7 @@ import torch
 
 from conftest import DEMO_CONFIG, REPO_ROOT, TOOLS, data_options, load_tool, run
 
+
 @pytest.fixture(scope='module')
 def trained(synthetic, tmp_path_factory):
     """An uninterrupted 4-iteration run, validated with CocoMetric at the end."""

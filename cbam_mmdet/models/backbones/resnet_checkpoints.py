@@ -37,6 +37,7 @@ PLAIN_MODEL_ZOOS = ('torchvision://', 'open-mmlab://', 'openmmlab://', 'mmcls://
 # What the Pretrained weights of a CBAM module are (see check_pretrained_resnet).
 CBAM, PLAIN, UNKNOWN = 'cbam', 'plain', 'unknown'
 
+
 def stage_block_counts(keys: Iterable[str]) -> Dict[int, int]:
     """Blocks per stage of a ResNet-style state dict (``layer{i}.{j}.`` keys), by stage i."""
     ids: Dict[int, set] = {}
@@ -69,7 +70,6 @@ def resnet_depth(blocks: Tuple[int, ...], bottleneck: bool) -> Optional[int]:
     if depth is None:
         return 50 if bottleneck else 34
     return depth if bottleneck == (depth >= 50) else None
-
 
 
 def foreign_module_keys(keys: Iterable[str], known_keys: Iterable[str] = ()) -> List[str]:

@@ -1,4 +1,3 @@
-import functools
 import importlib.util
 import os
 import os.path as osp
@@ -20,10 +19,9 @@ TOOLS = osp.join(REPO_ROOT, 'tools')
 DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'faster-rcnn_r18-cbam_fpn_300i_synthetic.py')
 
 
-@functools.lru_cache(maxsize=None)
 def load_tool(name: str):
-    """The script tools/{name}.py imported as a module (once per session), e.g. 'train',
-    'analysis/complexity'."""
+    """The script tools/{name}.py imported as a module (the tools are scripts, not a package),
+    e.g. 'train', 'analysis/complexity'."""
     spec = importlib.util.spec_from_file_location(
         f'{name.replace("/", "_")}_tool', osp.join(TOOLS, f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
@@ -96,3 +94,12 @@ def data_options(synthetic, max_iters=2, seed=None):
             f'test_evaluator.ann_file={ann}', 'train_dataloader.batch_size=2',
             f'train_cfg.max_iters={max_iters}', f'train_cfg.val_interval={max_iters}',
             'default_hooks.checkpoint.interval=2', 'default_hooks.logger.interval=1']
+
+
+@pytest.fixture(scope='session')
+def synthetic_imagenet(tmp_path_factory):
+    """A small classification set in mmpretrain's ImageNet layout, 3 classes, 12 train and 6 val
+    images of 64x64 (tools/make_synthetic_imagenet.py)."""
+    out = tmp_path_factory.mktemp('data') / 'synthetic_in1k'
+    run([sys.executable, osp.join(TOOLS, 'make_synthetic_imagenet.py'), str(out)])
+    return str(out)

@@ -58,3 +58,8 @@ def test_mmdet_base_config_resolves(tmp_path):
     assert cfg.train_dataloader.dataset.type == 'CocoDataset'  # inherited from mmdet's bases
     detector = MODELS.build(cfg.model)
     assert type(detector.backbone).__name__ == 'CBAMResNet'
+
+
+def test_mmpretrain_builds_our_imagenet_classifier():
+    from conftest import load_tool
+    assert load_tool('check_env').check_classifier().__version__ == '1.2.0'

@@ -2,6 +2,7 @@
 
 `make env` runs this last and only marks the environment ready when it passes.
 """
+import os
 import sys
 
 
@@ -39,9 +40,35 @@ def main() -> None:
     import mmdet
     import mmengine
     import cbam_mmdet  # noqa: F401 - registers the components, applies the torch compatibility
+    mmpretrain = check_classifier()
     print(f'check_env: OK  torch {torch.__version__}, torchvision {torchvision.__version__}, '
           f'mmcv {mmcv.__version__} (ops), mmengine {mmengine.__version__}, '
-          f'mmdet {mmdet.__version__}')
+          f'mmdet {mmdet.__version__}, mmpretrain {mmpretrain.__version__}')
+
+
+def check_classifier():
+    """Build and run the ResNet-18 + CBAM ImageNet classifier of configs/imagenet/ (mmpretrain's
+    ImageClassifier around our backbone); return the mmpretrain module."""
+    import torch
+    fix = 'make env (requirements/env.txt pins mmpretrain and what it needs)'
+    try:
+        import mmpretrain
+        import mmpretrain.models  # noqa: F401 - imports torchvision's compiled ops
+    except Exception as err:  # noqa: BLE001 - any failure here means the same fix
+        _fail(f'mmpretrain does not import ({err!r})', fix)
+    from mmengine.config import Config
+    from mmpretrain.registry import MODELS
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          'configs', 'imagenet', 'resnet18-cbam_8xb32-90e_in1k.py')
+    try:
+        classifier = MODELS.build(Config.fromfile(config).model).eval()
+        with torch.no_grad():
+            logits = classifier(torch.rand(1, 3, 32, 32), mode='tensor')
+    except Exception as err:  # noqa: BLE001 - report whatever broke
+        _fail(f'the ImageNet classifier of {config} does not build or run ({err!r})', fix)
+    if logits.shape != (1, 1000):
+        _fail(f'the ImageNet classifier returned logits of shape {tuple(logits.shape)}', fix)
+    return mmpretrain
 
 
 if __name__ == '__main__':

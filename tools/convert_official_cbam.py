@@ -1,10 +1,14 @@
 """Convert the authors' ImageNet CBAM-ResNet checkpoint into a ``CBAMResNet`` backbone checkpoint.
 
     python tools/convert_official_cbam.py RESNET50_CBAM.pth.tar cbam_r50_backbone.pth [--depth 50]
+    python tools/convert_official_cbam.py RESNET50_CBAM.pth.tar cbam_r50_in1k.pth --classifier
 
 The result loads with ``init_cfg=dict(type='Pretrained', checkpoint=DST)`` into
-``CBAMResNet(depth=N)`` with no missing or unexpected keys. The source is read with
-``weights_only=True`` (no pickled code runs) and DST is written atomically.
+``CBAMResNet(depth=N)`` with no missing or unexpected keys. With ``--classifier`` it is instead the
+whole ImageNet classifier as mmpretrain's ``ImageClassifier`` of
+``configs/imagenet/resnetN-cbam_*`` holds it (the backbone under ``backbone.``, the authors' fc as
+``head.fc``), for mmpretrain's test tool. The source is read with ``weights_only=True`` (no
+pickled code runs) and DST is written atomically.
 """
 import argparse
 import io
@@ -100,12 +104,33 @@ def convert(state: Dict[str, torch.Tensor], path: str,
     return found, OrderedDict((k, converted[k]) for k in expected)
 
 
+def classifier_state_dict(backbone: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor],
+                          path: str, depth: int) -> 'OrderedDict[str, torch.Tensor]':
+    """The state dict of the mmpretrain ``ImageClassifier`` (global average pooling neck,
+    ``LinearClsHead``) holding the converted ``backbone`` and the authors' fc from ``state``."""
+    in_channels = 512 * (4 if depth >= 50 else 1)
+    weight, bias = state.get('fc.weight'), state.get('fc.bias')
+    if weight is None or bias is None:
+        raise ConversionError(f'{path}: has no ImageNet classifier (fc.weight, fc.bias); '
+                              f'--classifier needs the whole network')
+    if weight.dim() != 2 or weight.shape[1] != in_channels or bias.shape != weight.shape[:1]:
+        raise ConversionError(
+            f'{path}: fc of shape {tuple(weight.shape)} / {tuple(bias.shape)} does not classify '
+            f'the {in_channels} channels of a ResNet-{depth}')
+    classifier = OrderedDict((f'backbone.{k}', v) for k, v in backbone.items())
+    classifier['head.fc.weight'], classifier['head.fc.bias'] = weight, bias
+    return classifier
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('src', help="the authors' checkpoint, e.g. RESNET50_CBAM_new_name_wrap.pth")
-    parser.add_argument('dst', help='where to write the backbone checkpoint')
+    parser.add_argument('dst', help='where to write the backbone (or classifier) checkpoint')
     parser.add_argument('--depth', type=int, choices=(18, 34, 50, 101, 152),
                         help='expected depth; inferred from the checkpoint when omitted')
+    parser.add_argument('--classifier', action='store_true',
+                        help='write the whole classifier (backbone and fc) as an mmpretrain '
+                             'ImageClassifier checkpoint instead of the backbone alone')
     return parser.parse_args(argv)
 
 
@@ -114,19 +139,23 @@ def main(argv=None) -> int:
     try:
         state = load_authors_state_dict(args.src)
         depth, converted = convert(state, args.src, args.depth)
+        saved = (classifier_state_dict(converted, state, args.src, depth) if args.classifier
+                 else converted)
     except ConversionError as err:
         print(f'convert_official_cbam: error: {err}', file=sys.stderr)
         return 1
+    arch = f'ImageClassifier(CBAMResNet-{depth})' if args.classifier else f'CBAMResNet-{depth}'
     buffer = io.BytesIO()
-    torch.save({'state_dict': converted,
-                'meta': dict(source=os.path.basename(args.src), arch=f'CBAMResNet-{depth}')},
+    torch.save({'state_dict': saved, 'meta': dict(source=os.path.basename(args.src), arch=arch)},
                buffer)
     write_atomic(args.dst, buffer.getvalue())
     num_cbam = len({k.split('.cbam.')[0] for k in converted if '.cbam.' in k})
     num_params = sum(v.numel() for k, v in converted.items()
                      if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked')))
+    fc = (f'{state["fc.weight"].shape[0]}-way fc kept as head.fc' if args.classifier
+          else 'fc dropped')
     print(f'converted CBAM ResNet-{depth}: {len(converted)} tensors, {num_cbam} CBAM modules, '
-          f'{num_params / 1e6:.2f}M backbone parameters (fc dropped) -> {args.dst}')
+          f'{num_params / 1e6:.2f}M backbone parameters ({fc}) -> {args.dst}')
     return 0
 
 

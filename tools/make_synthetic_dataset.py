@@ -41,7 +41,7 @@ import shutil
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -327,22 +327,22 @@ def check_out_dir(parser: argparse.ArgumentParser, out_dir: str, overwrite: bool
     return resolved
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description='Write a deterministic synthetic detection dataset (circle, square, '
-                    'triangle) in COCO and PASCAL VOC layouts.')
+def add_dataset_args(parser: argparse.ArgumentParser, num_train: int, num_val: int,
+                     size: int) -> None:
+    """The options this tool shares with tools/make_synthetic_imagenet.py, with their defaults."""
     parser.add_argument('out_dir', metavar='OUT_DIR', help='directory to create')
     parser.add_argument('--seed', type=int, default=0, help='random seed (>= 0, default 0)')
-    parser.add_argument('--num-train', type=int, default=300,
-                        help='number of train images (>= 1, default 300)')
-    parser.add_argument('--num-val', type=int, default=60,
-                        help='number of val images (>= 1, default 60)')
-    parser.add_argument('--size', type=int, default=256,
+    parser.add_argument('--num-train', type=int, default=num_train,
+                        help=f'number of train images (>= 1, default {num_train})')
+    parser.add_argument('--num-val', type=int, default=num_val,
+                        help=f'number of val images (>= 1, default {num_val})')
+    parser.add_argument('--size', type=int, default=size,
                         help=f'image side in pixels ({SIZE_RANGE[0]}..{SIZE_RANGE[1]}, '
-                             f'default 256)')
-    parser.add_argument('--overwrite', action='store_true',
-                        help='replace OUT_DIR if it holds a dataset written by this tool')
-    args = parser.parse_args(argv)
+                             f'default {size})')
+
+
+def check_dataset_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse values of the ``add_dataset_args`` options out of range."""
     for option, value, minimum in (('--seed', args.seed, 0), ('--num-train', args.num_train, 1),
                                    ('--num-val', args.num_val, 1)):
         if value < minimum:
@@ -350,12 +350,27 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if not SIZE_RANGE[0] <= args.size <= SIZE_RANGE[1]:
         parser.error(f'--size must be between {SIZE_RANGE[0]} and {SIZE_RANGE[1]}, '
                      f'got {args.size}')
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Write a deterministic synthetic detection dataset (circle, square, '
+                    'triangle) in COCO and PASCAL VOC layouts.')
+    add_dataset_args(parser, num_train=300, num_val=60, size=256)
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace OUT_DIR if it holds a dataset written by this tool')
+    args = parser.parse_args(argv)
+    check_dataset_args(parser, args)
     args.out_dir = check_out_dir(parser, args.out_dir, args.overwrite)
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
+def write_dataset(args: argparse.Namespace,
+                  generate_into: Callable[[str, int, Dict[str, int], int], None]) -> None:
+    """Write a dataset of the ``add_dataset_args`` options ``args`` with ``generate_into(dir,
+    seed, counts, size)`` into a new temporary sibling of ``args.out_dir`` and rename it to
+    ``args.out_dir`` (replacing it); on any error remove it, so OUT_DIR is complete or untouched.
+    """
     out_dir = args.out_dir
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -365,12 +380,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_dir, 0o777 & ~umask)
-        generate(tmp_dir, args.seed, dict(train=args.num_train, val=args.num_val), args.size)
+        generate_into(tmp_dir, args.seed, dict(train=args.num_train, val=args.num_val), args.size)
         move_into_place(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     print(f'wrote {out_dir}')
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    write_dataset(parse_args(argv), generate)
     return 0
 
 

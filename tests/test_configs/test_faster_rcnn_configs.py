@@ -52,7 +52,11 @@ def test_config_builds_and_predicts(name):
 @pytest.mark.parametrize('cbam_name,baseline_name', PAIRS)
 def test_cbam_config_differs_from_its_baseline_only_in_the_backbone(cbam_name, baseline_name):
     cbam, baseline = load(cbam_name).to_dict(), load(baseline_name).to_dict()
-    cbam.pop('cbam_r50_checkpoint', None)  # the one documented setting of the R50-CBAM configs
+    # The one documented setting of the R50-CBAM and of the R101-CBAM configs, and what the
+    # latter derive from it.
+    for setting in ('cbam_r50_checkpoint', 'cbam_r101_checkpoint', 'from_classifier',
+                    'imagenet_init'):
+        cbam.pop(setting, None)
     for cfg in (cbam, baseline):
         cfg['model'].pop('backbone')
         if 'shared_head' in cfg['model']['roi_head']:  # C4: stage 5 is part of the backbone

@@ -206,7 +206,7 @@ class CBAMBackboneMixin:
         if first_call:
             weights = check_pretrained_resnet(
                 self, self.blocks(), dict(enumerate(self.stage_blocks)), self.depth,
-                issubclass(self.block, Bottleneck))
+                issubclass(self.block, Bottleneck), self.start_from_parent)
             from_parent = resolve_start_from_parent(
                 type(self).__name__, self.start_from_parent, weights, self.frozen_stages)
         super().init_weights()

@@ -4,7 +4,8 @@ mmengine loads a ``Pretrained`` init checkpoint with ``strict=False``: a checkpo
 depth, architecture or layout only produces a log line listing keys, and the network trains from
 a partly random start. :func:`check_pretrained_resnet` runs before mmengine loads the checkpoint of
 one of our ResNet-family modules and turns every such case into an error that names the file, the
-problem and the fix.
+problem and the fix; it reads mmpretrain classifier checkpoints too (loaded with
+``prefix='backbone.'``, their ``head.*`` keys unused).
 """
 import os
 import re
@@ -114,8 +115,8 @@ def pretrained_weights_kind(init_cfg) -> Optional[str]:
 
 
 def check_pretrained_resnet(module: nn.Module, blocks: Iterable[nn.Module],
-                            stage_blocks: Mapping[int, int], depth: int,
-                            bottleneck: bool) -> Optional[str]:
+                            stage_blocks: Mapping[int, int], depth: int, bottleneck: bool,
+                            start_from_parent: Union[bool, str] = 'auto') -> Optional[str]:
     """Check every local ``Pretrained`` checkpoint in ``module.init_cfg`` before mmengine loads
     it with ``strict=False``, and say what weights the module will get.
 
@@ -134,6 +135,9 @@ def check_pretrained_resnet(module: nn.Module, blocks: Iterable[nn.Module],
             0-based stage index.
         depth (int): The module's ResNet depth.
         bottleneck (bool): Whether its blocks are bottlenecks.
+        start_from_parent (bool or str): The module's setting; a plain mmpretrain classifier
+            for a CBAM module is refused unless it is True (a -cbam classifier was probably
+            meant).
 
     Returns:
         str or None: ``CBAM`` if a checkpoint holds CBAM weights, ``UNKNOWN`` if one is a
@@ -150,7 +154,7 @@ def check_pretrained_resnet(module: nn.Module, blocks: Iterable[nn.Module],
         for cfg in cfgs:
             path = os.path.expanduser(cfg['checkpoint'])
             kinds.add(_check_one(path, cfg.get('prefix'), module, expected, plugin_names,
-                                 stage_blocks, depth, bottleneck))
+                                 stage_blocks, depth, bottleneck, start_from_parent))
     for kind in (CBAM, UNKNOWN, PLAIN):
         if kind in kinds:
             return kind
@@ -198,8 +202,8 @@ def check_start_from_parent(owner: str, setting) -> None:
                          f'{setting!r}')
 
 
-def _check_one(path, prefix, module, expected, plugin_names, stage_blocks, depth,
-               bottleneck) -> str:
+def _check_one(path, prefix, module, expected, plugin_names, stage_blocks, depth, bottleneck,
+               start_from_parent) -> str:
     """Check one local checkpoint; return ``CBAM`` or ``PLAIN``."""
     owner = type(module).__name__
     hint = ''
@@ -209,6 +213,7 @@ def _check_one(path, prefix, module, expected, plugin_names, stage_blocks, depth
                 f'pretrained weights"), or point CBAM_R50_CHECKPOINT at a converted file')
     state = state_dict_of(read_checkpoint(path, missing_hint=hint), path)
     where = f'checkpoint {path} (init_cfg of {owner})'
+    classifier = is_classifier_state(state)
 
     if prefix:
         dotted = prefix if prefix.endswith('.') else prefix + '.'
@@ -229,7 +234,8 @@ def _check_one(path, prefix, module, expected, plugin_names, stage_blocks, depth
     own_top = {k.split('.')[0] for k in expected}
     relevant = {k: v for k, v in state.items() if k.split('.')[0] in own_top}
     if not relevant:
-        raise CheckpointError(f'{where}: ' + _foreign_checkpoint_problem(state, expected))
+        raise CheckpointError(f'{where}: ' + (CLASSIFIER_WITHOUT_PREFIX if classifier else
+                                              _foreign_checkpoint_problem(state, expected)))
     foreign = foreign_module_keys(state, expected)
     if foreign:
         raise CheckpointError(
@@ -258,7 +264,32 @@ def _check_one(path, prefix, module, expected, plugin_names, stage_blocks, depth
     if problems:
         raise CheckpointError(f'{where}: does not fit the {owner} (depth {depth}):'
                               + ''.join(f'\n  - {problem}' for problem in problems))
+    if classifier and not has_cbam and any(is_cbam(k) for k in expected) and (
+            start_from_parent is not True):
+        raise CheckpointError(f'{where}: {plain_classifier_problem(owner)}')
     return CBAM if has_cbam else PLAIN
+
+
+def is_classifier_state(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``state`` is an mmpretrain ``ImageClassifier``'s (``backbone.*`` and ``head.*``
+    keys, and the neck's if it has weights), as mmpretrain's Runner saves it."""
+    top = {key.split('.')[0] for key in state}
+    return {'backbone', 'head'} <= top <= {'backbone', 'neck', 'head'}
+
+
+CLASSIFIER_WITHOUT_PREFIX = (
+    "is an mmpretrain image classifier (backbone.*, head.* keys): load its backbone with "
+    "prefix='backbone.' in the Pretrained init_cfg (its head.* keys, the ImageNet classifier, "
+    "are not used)")
+
+
+def plain_classifier_problem(owner: str) -> str:
+    """Why a classifier without CBAM weights is refused for a CBAM module."""
+    return (f'is a plain classifier: its backbone has no CBAM weights, but the {owner} has CBAM '
+            f'in its blocks, which would keep their random init. Use a classifier trained with '
+            f'a -cbam config of configs/imagenet/ (docs/pretraining.md), or the plain detection '
+            f'config for this one; to start from plain weights on purpose, set '
+            f'start_from_parent=True')
 
 
 def _top_level(state: Mapping[str, torch.Tensor]) -> List[str]:

@@ -66,7 +66,7 @@ class CBAMResLayer(ResLayer):
             weights = check_pretrained_resnet(
                 self, getattr(self, f'layer{self.stage + 1}'),
                 {self.stage: stage_blocks[self.stage]}, self.depth,
-                issubclass(block, Bottleneck))
+                issubclass(block, Bottleneck), self.start_from_parent)
             from_parent = resolve_start_from_parent('CBAMResLayer', self.start_from_parent,
                                                     weights)
         super().init_weights()

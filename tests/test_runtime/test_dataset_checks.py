@@ -117,7 +117,7 @@ def test_missing_coco_section(data, section):
 def test_coco_entries_without_the_keys_mmdet_reads(data, section, key):
     edit_json(coco_ann(data), lambda coco: coco[section][0].pop(key))
     refused(coco_cfg(data), f"1 entries of '{section}' in {coco_ann(data)} lack keys mmdet reads",
-            f'#0 ', f'lacks {key}')
+            '#0 ', f'lacks {key}')
 
 
 def test_coco_box_that_is_not_four_numbers(data):
@@ -215,7 +215,7 @@ def test_voc_classes_matching_no_object(data):
 def test_missing_voc_image(data):
     image = data / 'VOCdevkit' / 'VOC2007' / 'JPEGImages' / 'train_000004.jpg'
     image.unlink()
-    refused(voc_cfg(data), f'1 of 5 images listed in', f'are missing: {image}')
+    refused(voc_cfg(data), '1 of 5 images listed in', f'are missing: {image}')
 
 
 def test_voc_images_without_objects_are_fine(data):

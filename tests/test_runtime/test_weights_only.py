@@ -97,8 +97,8 @@ def test_allow_list_is_what_runner_checkpoints_need(runner_checkpoint):
 
 def test_getattr_is_limited_to_history_buffer_statistics():
     assert history_buffer_method(HistoryBuffer, 'mean') is HistoryBuffer.mean
-    for owner, name in [(HistoryBuffer, '__init__'), (os, 'system'), (HistoryBuffer,
-                                                                       'register_statistics')]:
+    for owner, name in [(HistoryBuffer, '__init__'), (os, 'system'),
+                        (HistoryBuffer, 'register_statistics')]:
         with pytest.raises(pickle.UnpicklingError, match='refusing getattr'):
             history_buffer_method(owner, name)
 

@@ -21,7 +21,7 @@ from mmengine.utils import ProgressBar
 
 import cbam_mmdet  # noqa: F401 - registers the components
 from cbam_mmdet.runtime.complexity import (TABLE4, classifier_complexity, detector_complexity,
-                                         with_cbam)
+                                           with_cbam)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 

@@ -37,7 +37,7 @@ def upsampling_geometry(coarse: int, fine: int) -> Tuple[int, int, int]:
 
 
 def smallest_last_source_side(level_strides: Sequence[int], level_paddings: Sequence[int],
-                               last_kernel_size: int) -> int:
+                              last_kernel_size: int) -> int:
     """Smallest side of the last source that ``SSDNeck``'s extra layers (3x3 convs, the last
     ``last_kernel_size``) shrink to a side of at least 1 at every level, e.g. 17 for SSD300's
     VGG16 extras (17 -> 9 -> 5 -> 3 -> 1) and 1 for MobileNet-SSD's."""

@@ -6,7 +6,7 @@ import torch
 from mmengine.runner import save_checkpoint
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from cbam_mmdet.models import CBAM, CBAMBasicBlock, CBAMResNet, CBAMResNetV1d, CBAMResNeXt
+from cbam_mmdet.models import CBAM, CBAMBasicBlock, CBAMResNet
 from mmdet.models.backbones import ResNet, ResNeXt
 from mmdet.registry import MODELS
 

@@ -42,7 +42,7 @@ setup(
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     packages=find_packages(include=['cbam_mmdet', 'cbam_mmdet.*']),
-    # The CPU kernels' source, compiled on first use (cbam_mmdet/utils/cpp_library.py).
+    # The CPU kernels' source, compiled on first use (cbam_mmdet/runtime/cpp_library.py).
     package_data={'cbam_mmdet': ['models/layers/csrc/*.cpp']},
     cmdclass={'build_py': BuildPyWithMim},
     python_requires='>=3.8',

@@ -4,13 +4,12 @@ Importing the package registers every component in mmdet's ``MODELS`` registry, 
 only ``custom_imports = dict(imports=['cbam_mmdet'], allow_failed_imports=False)``, lets
 torch >= 2.6 load mmengine's own checkpoints with ``weights_only`` protection kept on, and makes
 mmengine's local file writes (checkpoints) atomic.
+
+All three happen in one place: :mod:`cbam_mmdet.runtime.import_effects`.
 """
-from .utils import allow_mmengine_checkpoints, use_atomic_local_writes
+from .runtime.import_effects import apply_import_effects
 from .version import __version__
 
-allow_mmengine_checkpoints()
-use_atomic_local_writes()
-
-from . import engine, models  # noqa: E402,F401 - registers the components
+apply_import_effects()
 
 __all__ = ['__version__']

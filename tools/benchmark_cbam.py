@@ -41,7 +41,7 @@ from mmengine.logging import MMLogger
 
 from cbam_mmdet.models.backbones.cbam_resnet import CBAMResNet, mmdet_scope_if_unset
 from cbam_mmdet.models.layers.cbam import CBAM
-from cbam_mmdet.utils.memory import saved_tensor_bytes
+from cbam_mmdet.runtime.memory import saved_tensor_bytes
 from mmdet.models.backbones import ResNet
 
 DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)

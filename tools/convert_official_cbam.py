@@ -19,10 +19,12 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from cbam_mmdet.utils import write_atomic
-from cbam_mmdet.utils.pretrained import (CheckpointError, has_bottlenecks, read_checkpoint,
-                                         resnet_depth, resnet_stage_blocks, state_dict_mismatch,
-                                         state_dict_of)
+from cbam_mmdet.models.backbones.resnet_checkpoints import (describe_modules, foreign_module_keys,
+                                                            has_bottlenecks, resnet_depth,
+                                                            resnet_stage_blocks)
+from cbam_mmdet.runtime.atomic_files import write_atomic
+from cbam_mmdet.runtime.checkpoints import (CheckpointError, read_checkpoint,
+                                            state_dict_mismatch, state_dict_of)
 
 # The authors' CBAM names -> ours (the rest of a torchvision-style ResNet is named alike).
 KEY_RENAMES = (
@@ -68,11 +70,19 @@ def convert(state: Dict[str, torch.Tensor], path: str,
     found = infer_depth(state, path)
     if depth is not None and depth != found:
         raise ConversionError(f'{path}: holds a ResNet-{found}, but --depth {depth} was given')
+    foreign = foreign_module_keys(state)
+    if foreign:
+        raise ConversionError(
+            f'{path}: holds {len(foreign)} tensors of modules a CBAM ResNet does not have '
+            f'({describe_modules(foreign)}): another attention network (BAM, SE, ...), not '
+            f'CBAM. Neither this converter nor a Pretrained init_cfg can load it into '
+            f'CBAMResNet: mmengine would drop those tensors')
     if not any('.cbam.' in k for k in state):
         raise ConversionError(
             f'{path}: not a CBAM ResNet: it has no CBAM keys (e.g. layer1.0.cbam.ChannelGate.'
-            f'mlp.1.weight). For a plain ResNet no conversion is needed: load it with '
-            f'init_cfg=dict(type="Pretrained", ...) and consider start_from_parent=True.')
+            f'mlp.1.weight). A plain ResNet needs no conversion: load it with '
+            f'init_cfg=dict(type="Pretrained", ...); CBAMResNet then starts as exactly that '
+            f'network (start_from_parent="auto").')
     converted = OrderedDict()
     for key, value in state.items():
         if key.startswith(DROPPED_PREFIXES):

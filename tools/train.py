@@ -5,68 +5,22 @@
                           [--no-dataset-check]
 
 Before the Runner is built, the first process checks the train and val datasets on disk
-(annotation files, image files; ``cbam_mmdet.datasets.checks``) and a ``--resume`` checkpoint.
+(annotation files, image files; ``cbam_mmdet.runtime.dataset_checks``) and a ``--resume``
+checkpoint.
 
 Distributed runs: tools/dist_train.sh CONFIG NUM_PROCESSES. On machines without CUDA the processes
 talk over gloo (NCCL needs GPUs).
 """
 import argparse
-import os
-import os.path as osp
 from typing import Optional
 
 import torch
-from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner, find_latest_checkpoint
+from mmengine.config import Config
+from mmengine.runner import find_latest_checkpoint
 
 import cbam_mmdet  # noqa: F401 - registers the components, makes checkpoints loadable
-from cbam_mmdet.datasets import check_datasets, is_first_process
-from cbam_mmdet.utils.pretrained import read_checkpoint
-
-
-def add_runner_args(parser: argparse.ArgumentParser) -> None:
-    """The arguments tools/train.py and tools/test.py share (mmdet's)."""
-    parser.add_argument('--work-dir', help='the dir to save logs, models and results')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, e.g. train_cfg.max_iters=100')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    parser.add_argument('--no-dataset-check', action='store_true',
-                        help='skip checking the annotation and image files before the run')
-
-
-def check_data(cfg: Config, args, splits) -> None:
-    """Check the datasets of ``splits`` on the first process (see --no-dataset-check)."""
-    if args.no_dataset_check or not is_first_process(cfg.launcher):
-        return
-    for line in check_datasets(cfg, splits):
-        print(f'dataset check: {line}', flush=True)
-
-
-def load_config(args) -> Config:
-    """The config with the shared arguments applied."""
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        './work_dirs', osp.splitext(osp.basename(args.config))[0])
-    if cfg.launcher != 'none' and not torch.cuda.is_available():
-        use_cpu_distributed(cfg)
-    return cfg
-
-
-def use_cpu_distributed(cfg: Config) -> None:
-    """mmengine assumes one GPU per process: on a CPU-only machine start gloo here (the Runner
-    then skips its own, CUDA-only set-up) and wrap the model without device ids."""
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend='gloo')
-    cfg.model_wrapper_cfg = dict(
-        type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
-        find_unused_parameters=cfg.get('find_unused_parameters', False))
+from cbam_mmdet.runtime.checkpoints import read_checkpoint
+from cbam_mmdet.runtime.cli import add_runner_args, build_runner, check_data, load_config
 
 
 def parse_args(argv=None):
@@ -124,10 +78,6 @@ def reuse_checkpoint_seed(cfg: Config, checkpoint: Optional[dict]) -> None:
     seed = checkpoint.get('meta', {}).get('seed')
     if seed is not None:
         cfg.randomness = dict(cfg.get('randomness', {}), seed=seed)
-
-
-def build_runner(cfg: Config) -> Runner:
-    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
 
 
 def main(argv=None) -> None:

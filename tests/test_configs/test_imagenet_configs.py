@@ -7,7 +7,7 @@ import torch
 from mmengine.config import Config
 
 from cbam_mmdet.models import CBAMResNet
-from cbam_mmdet.utils.complexity import TABLE4, count_params, with_cbam
+from cbam_mmdet.runtime.complexity import TABLE4, count_params, with_cbam
 from mmdet.registry import MODELS
 
 CONFIG_DIR = osp.join(osp.dirname(__file__), '..', '..', 'configs', 'imagenet')

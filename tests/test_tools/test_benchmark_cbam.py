@@ -1,18 +1,13 @@
 """tools/benchmark_cbam.py at tiny sizes: table, JSON and plot content (no timing checks)."""
-import importlib.util
 import json
 import os
-import os.path as osp
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import load_tool
 
-spec = importlib.util.spec_from_file_location(
-    'benchmark_cbam', osp.join(REPO_ROOT, 'tools', 'benchmark_cbam.py'))
-benchmark_cbam = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(benchmark_cbam)
+benchmark_cbam = load_tool('benchmark_cbam')
 
 
 @pytest.fixture(scope='module')

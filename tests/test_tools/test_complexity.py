@@ -1,17 +1,13 @@
-import importlib.util
 import os.path as osp
 
 import torch
 from mmengine.analysis import FlopAnalyzer
 from mmengine.config import Config
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_tool
 from mmdet.registry import MODELS
 
-spec = importlib.util.spec_from_file_location(
-    'complexity_tool', osp.join(REPO_ROOT, 'tools', 'analysis', 'complexity.py'))
-complexity = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(complexity)
+complexity = load_tool('analysis/complexity')
 
 DEMO = osp.join(REPO_ROOT, 'configs', 'demo')
 CONFIGS = [osp.join(DEMO, 'faster-rcnn_r18_fpn_300i_synthetic.py'),

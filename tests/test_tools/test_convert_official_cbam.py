@@ -1,4 +1,3 @@
-import importlib.util
 import os
 import subprocess
 import sys
@@ -9,12 +8,11 @@ from mmengine.runner import load_checkpoint
 
 from authors_reference import AuthorsCBAMResNet, randomize_, save_authors_checkpoint
 from cbam_mmdet.models import CBAMResNet
+from conftest import TOOLS, Exploit, bam_tensors, load_tool
 from mmdet.models.backbones import ResNet
 
-TOOL = os.path.join(os.path.dirname(__file__), '..', '..', 'tools', 'convert_official_cbam.py')
-spec = importlib.util.spec_from_file_location('convert_official_cbam', TOOL)
-converter = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(converter)
+TOOL = os.path.join(TOOLS, 'convert_official_cbam.py')
+converter = load_tool('convert_official_cbam')
 
 
 @pytest.fixture(scope='module')
@@ -77,18 +75,20 @@ def test_old_checkpoints_without_bn_counters_convert(tmp_path):
 
 
 def write_hostile(path, marker):
-
-    class Exploit:
-
-        def __reduce__(self):
-            return os.system, (f'touch {marker}', )
-
-    torch.save({'state_dict': {'conv1.weight': torch.zeros(1)}, 'payload': Exploit()}, path)
+    torch.save({'state_dict': {'conv1.weight': torch.zeros(1)}, 'payload': Exploit(marker)}, path)
 
 
 def write_plain(path):
     state = {f'module.{k}': v for k, v in ResNet(depth=50).state_dict().items()}
     torch.save({'state_dict': state}, path)
+
+
+def write_bam(path):
+    """A ResNet-50 with BAM modules after stages 1-3, keyed as the authors' BAM code keys them."""
+    state = ResNet(depth=50).state_dict()
+    for stage, channels in enumerate((256, 512, 1024), 1):
+        state.update(bam_tensors(f'bam{stage}', channels))
+    torch.save({'state_dict': {f'module.{k}': v for k, v in state.items()}}, path)
 
 
 def write_truncated(path, authors_src):
@@ -101,6 +101,8 @@ def write_truncated(path, authors_src):
 @pytest.mark.parametrize('case,args,message', [
     ('missing', [], 'no such file'),
     ('plain', [], 'not a CBAM ResNet'),
+    ('bam', [], 'bam1.* (10 tensors), bam2.* (10 tensors), bam3.* (10 tensors)): another '
+     'attention network (BAM, SE, ...), not CBAM'),
     ('truncated', [], 'is truncated, corrupt or not a PyTorch checkpoint'),
     ('hostile', [], 'refused by the weights-only loader'),
     ('wrong-depth', ['--depth', '101'], 'holds a ResNet-50'),
@@ -112,6 +114,8 @@ def test_bad_sources_are_refused_and_nothing_is_written(case, args, message, aut
     marker = tmp_path / 'pwned'
     if case == 'plain':
         write_plain(src)
+    elif case == 'bam':
+        write_bam(src)
     elif case == 'truncated':
         write_truncated(src, authors_r50[1])
     elif case == 'hostile':

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TOOLS, load_tool
 from mmdet.datasets import CocoDataset, VOCDataset
 from mmdet.evaluation import CocoMetric, VOCMetric
 
-TOOL = os.path.join(os.path.dirname(__file__), '..', '..', 'tools', 'make_synthetic_dataset.py')
-spec = importlib.util.spec_from_file_location('make_synthetic_dataset', TOOL)
-tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tool)
+TOOL = os.path.join(TOOLS, 'make_synthetic_dataset.py')
+tool = load_tool('make_synthetic_dataset')
 
 CLASSES = ('circle', 'square', 'triangle')
 SIZE = 96

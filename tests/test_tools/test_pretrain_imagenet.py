@@ -11,7 +11,7 @@ import torch
 from mmengine.config import Config
 
 from authors_reference import AuthorsCBAMResNet, randomize_, save_authors_checkpoint
-from cbam_mmdet.utils.pretrained import CheckpointError
+from cbam_mmdet.runtime.checkpoints import CheckpointError
 from conftest import DEMO_CONFIG, REPO_ROOT, TOOLS, load_tool, run
 from mmdet.registry import MODELS
 

@@ -1,6 +1,5 @@
 """tools/train.py and tools/test.py refuse bad checkpoints and datasets before the Runner is
 built, and train + validate on data where some images have no objects."""
-import importlib.util
 import json
 import os.path as osp
 import subprocess
@@ -10,17 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cbam_mmdet.datasets import DatasetError
-from cbam_mmdet.utils.pretrained import CheckpointError
-from conftest import DEMO_CONFIG, REPO_ROOT, TOOLS, data_options
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'{name}_tool', osp.join(TOOLS, f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from cbam_mmdet.runtime.checkpoints import CheckpointError
+from cbam_mmdet.runtime.dataset_checks import DatasetError
+from conftest import DEMO_CONFIG, REPO_ROOT, TOOLS, data_options, load_tool
 
 train_tool, test_tool = load_tool('train'), load_tool('test')
 

@@ -11,7 +11,8 @@ import time
 import pytest
 import torch
 
-from conftest import DEMO_CONFIG, REPO_ROOT, TOOLS, data_options, run
+from conftest import DEMO_CONFIG, REPO_ROOT, TOOLS, data_options, load_tool, run
+
 
 @pytest.fixture(scope='module')
 def trained(synthetic, tmp_path_factory):
@@ -116,10 +117,7 @@ def test_demo_prints_the_comparison_table(synthetic, tmp_path):
 
 
 def test_amp_without_a_gpu_is_refused_with_the_reason():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('train_tool', osp.join(TOOLS, 'train.py'))
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_tool('train')
     args = train.parse_args([DEMO_CONFIG, '--amp'])
     if torch.cuda.is_available():
         assert train.build_config(args).optim_wrapper.type == 'AmpOptimWrapper'
@@ -129,10 +127,7 @@ def test_amp_without_a_gpu_is_refused_with_the_reason():
 
 
 def test_demo_refuses_a_non_positive_iteration_count(capsys):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('run_demo', osp.join(TOOLS, 'run_demo.py'))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_tool('run_demo')
     with pytest.raises(SystemExit):
         demo.parse_args(['--max-iters', '0'])
     assert '--max-iters: must be >= 1, got 0' in capsys.readouterr().err

@@ -6,7 +6,7 @@
 Configs (all of configs/ when none are named) are measured at their test input size (the largest
 image the test pipeline's Resize produces, padded like the preprocessor), Table 4's ImageNet
 classifiers at 224x224 beside the paper's figures. Counting convention: see
-``cbam_mmdet/utils/complexity.py``. Writes complexity.md (the README's tables) and
+``cbam_mmdet/runtime/complexity.py``. Writes complexity.md (the README's tables) and
 complexity.json to --out-dir and prints the Markdown.
 """
 import argparse
@@ -20,8 +20,8 @@ from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
 
 import cbam_mmdet  # noqa: F401 - registers the components
-from cbam_mmdet.utils.complexity import (TABLE4, classifier_complexity, detector_complexity,
-                                         with_cbam)
+from cbam_mmdet.runtime.complexity import (TABLE4, classifier_complexity, detector_complexity,
+                                           with_cbam)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 

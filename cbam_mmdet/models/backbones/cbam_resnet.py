@@ -1,20 +1,20 @@
 """ResNet backbones with CBAM in every residual block (paper Fig. 3)."""
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
-from mmengine.registry import DefaultScope
 from torch import Tensor
 
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
+from mmdet.models.backbones.resnext import ResNeXt
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
 from ..layers.cbam import CBAM
-
-from ...utils.pretrained import check_pretrained_resnet
-
-DEFAULT_CBAM_CFG = dict(type='CBAM')
+from ..utils import (DEFAULT_CBAM_CFG, cbam_plugin, check_plugin_names, check_plugin_positions,
+                     check_plugins, check_registered, mmdet_scope_if_unset)
+from .resnet_checkpoints import (check_pretrained_resnet, check_start_from_parent,
+                                 resolve_start_from_parent)
 
 
 def residual_tail(block: nn.Module, conv: nn.Module, norm: nn.Module, x: Tensor,
@@ -80,54 +80,6 @@ class CBAMBasicBlock(BasicBlock):
         return _inner_forward(x)
 
 
-# mmdet's Bottleneck only asserts its plugin positions; these are the ones it handles.
-BOTTLENECK_PLUGIN_POSITIONS = ('after_conv1', 'after_conv2', 'after_conv3')
-
-
-def plugin_positions(block: type) -> Sequence[str]:
-    return getattr(block, 'plugin_positions', BOTTLENECK_PLUGIN_POSITIONS)
-
-
-def check_plugin_positions(owner: str, plugins: Sequence[dict], block: type) -> None:
-    valid = plugin_positions(block)
-    for plugin in plugins:
-        if plugin['position'] not in valid:
-            raise ValueError(
-                f'{owner}: plugin position {plugin["position"]!r} is not supported by its '
-                f'{block.__name__} blocks; valid positions: {", ".join(valid)}')
-
-
-def check_registered(owner: str, what: str, cfg) -> None:
-    """A KeyError naming an unregistered module type (mmcv's own says 'Cannot find None')."""
-    module_type = cfg.get('type') if isinstance(cfg, dict) else None
-    if not isinstance(module_type, str):
-        if not isinstance(module_type, type):
-            raise ValueError(f'{owner}: {what} needs a config dict with a "type", got {cfg!r}')
-        return
-    with mmdet_scope_if_unset():
-        if MODELS.get(module_type) is None:
-            raise KeyError(
-                f'{owner}: {what} type {module_type!r} is not registered in mmdet\'s MODELS '
-                f'registry; check the spelling, or import the package that registers it '
-                f'(custom_imports). Attention modules here: \'CBAM\' (cbam_mmdet), '
-                f'\'ContextBlock\', \'GeneralizedAttention\', \'NonLocal2d\' (mmcv)')
-
-
-def check_plugins(owner: str, plugins: Sequence[dict], block: type, num_stages: int) -> None:
-    """What mmdet's ResNet only asserts (or fails on with a bare KeyError) about ``plugins``."""
-    for index, plugin in enumerate(plugins):
-        if not isinstance(plugin, dict) or 'cfg' not in plugin or 'position' not in plugin:
-            raise ValueError(
-                f'{owner}: plugins[{index}] needs "cfg" and "position" keys, got {plugin!r}; '
-                f'e.g. dict(cfg=dict(type=\'CBAM\'), position=\'{plugin_positions(block)[-1]}\')')
-        stages = plugin.get('stages')
-        if stages is not None and len(stages) != num_stages:
-            raise ValueError(f'{owner}: plugins[{index}]["stages"] needs one bool per stage '
-                             f'({num_stages}), got {tuple(stages)}')
-        check_registered(owner, f'plugins[{index}]', plugin['cfg'])
-    check_plugin_positions(owner, plugins, block)
-
-
 class FusedNormBottleneckMixin:
     """mmdet's ``Bottleneck.forward`` with its end (conv3, norm, plugins, shortcut, ReLU) computed
     by ``residual_tail``."""
@@ -153,22 +105,6 @@ class FusedNormBottleneckMixin:
 
 class CBAMBottleneck(FusedNormBottleneckMixin, Bottleneck):
     """mmdet's ``Bottleneck``; a CBAM plugin after conv3 runs the last norm in its fused path."""
-
-
-def mmdet_scope_if_unset():
-    """mmcv builds plugins from the registry of the current default scope; outside a config
-    (a script, a tool) there is none, so build in mmdet's, where CBAM is registered."""
-    return DefaultScope.overwrite_default_scope(
-        None if DefaultScope.get_current_instance() else 'mmdet')
-
-
-def cbam_plugin(block: type, cbam_cfg: ConfigType, stages: Optional[Sequence[bool]] = None) -> dict:
-    """An mmdet ResNet plugin entry that puts ``cbam_cfg`` after the last norm of ``block``."""
-    position = 'after_conv3' if issubclass(block, Bottleneck) else 'after_conv2'
-    plugin = dict(cfg=cbam_cfg, position=position)
-    if stages is not None:
-        plugin['stages'] = tuple(stages)
-    return plugin
 
 
 @torch.no_grad()
@@ -204,12 +140,15 @@ class CBAMBackboneMixin:
             ``dict(type='CBAM')`` (the authors' configuration).
         cbam_stages (Sequence[bool], optional): Which stages carry CBAM, one bool per stage.
             Defaults to None: all stages.
-        start_from_parent (bool): After the weights are initialised or loaded, make every CBAM
-            scale its input by a constant and divide the preceding norm's affine parameters by
-            it, so that the network computes exactly its plain parent (e.g. from a plain ImageNet
-            checkpoint) while each gate sits at sigmoid(0) = 0.5, where its gradient is largest.
-            Use it with plain-ResNet weights, never with CBAM weights (it resets the gates).
-            Defaults to False.
+        start_from_parent (bool or str): True: after the weights are initialised or loaded,
+            make every CBAM scale its input by a constant and divide the preceding norm's affine
+            parameters by it, so that the network computes exactly its plain parent (e.g. from
+            a plain ImageNet checkpoint) while each gate sits at sigmoid(0) = 0.5, where its
+            gradient is largest; never with CBAM weights (it resets the gates). False: CBAM keeps
+            what it loads or its own init. Defaults to 'auto': True exactly when the
+            ``Pretrained`` checkpoint is a plain ResNet (a model zoo such as torchvision's, or a
+            local file without CBAM keys), because CBAMs left at random init distort the
+            pretrained features, and those of frozen stages never leave it.
         zero_init_residual (bool): As in mmdet's ResNet, but off by default because the authors
             did not zero the last BN of each block. Defaults to False.
         plugins (list[dict], optional): More plugins, as in mmdet's ResNet; CBAM comes last.
@@ -220,7 +159,7 @@ class CBAMBackboneMixin:
                  depth: int,
                  cbam_cfg: Optional[ConfigType] = DEFAULT_CBAM_CFG,
                  cbam_stages: Optional[Sequence[bool]] = None,
-                 start_from_parent: bool = False,
+                 start_from_parent: Union[bool, str] = 'auto',
                  zero_init_residual: bool = False,
                  plugins: Optional[list] = None,
                  **kwargs) -> None:
@@ -232,12 +171,19 @@ class CBAMBackboneMixin:
         if cbam_stages is not None and len(cbam_stages) != num_stages:
             raise ValueError(f'{name}: cbam_stages needs one bool per stage ({num_stages}), '
                              f'got {tuple(cbam_stages)}')
+        check_start_from_parent(name, start_from_parent)
+        if not isinstance(self, ResNeXt) and {'groups', 'base_width'} & set(kwargs):
+            raise TypeError(f"{name}: groups and base_width are ResNeXt arguments; for a ResNeXt "
+                            f"config use type='CBAMResNeXt'")
         block = self.arch_settings[depth][0]
         plugins = list(plugins or [])
         check_plugins(name, plugins, block, num_stages)
+        sources = [f'plugins[{i}]' for i in range(len(plugins))]
         if cbam_cfg is not None:
             check_registered(name, 'cbam_cfg', cbam_cfg)
             plugins.append(cbam_plugin(block, cbam_cfg, cbam_stages))
+            sources.append('cbam_cfg')
+        check_plugin_names(name, plugins, num_stages, sources)
         with mmdet_scope_if_unset():
             super().__init__(
                 depth=depth, plugins=plugins or None, zero_init_residual=zero_init_residual,
@@ -258,11 +204,13 @@ class CBAMBackboneMixin:
     def init_weights(self) -> None:
         first_call = not self.is_init
         if first_call:
-            check_pretrained_resnet(
+            weights = check_pretrained_resnet(
                 self, self.blocks(), dict(enumerate(self.stage_blocks)), self.depth,
                 issubclass(self.block, Bottleneck), self.start_from_parent)
+            from_parent = resolve_start_from_parent(
+                type(self).__name__, self.start_from_parent, weights, self.frozen_stages)
         super().init_weights()
-        if self.start_from_parent and first_call:
+        if first_call and from_parent:
             start_blocks_as_parent(self.blocks())
 
 

@@ -13,6 +13,7 @@ from mmdet.models.necks import SSDNeck
 from mmdet.models.necks.ssd_neck import L2Norm
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, OptConfigType, OptMultiConfig
+from ..utils import check_registered
 
 # The attention options of Table 8, as ``attention`` values.
 ATTENTION_EXAMPLES = ("None (plain StairNet), dict(type='CBAM', arrangement='channel', "
@@ -36,7 +37,7 @@ def upsampling_geometry(coarse: int, fine: int) -> Tuple[int, int, int]:
 
 
 def smallest_last_source_side(level_strides: Sequence[int], level_paddings: Sequence[int],
-                               last_kernel_size: int) -> int:
+                              last_kernel_size: int) -> int:
     """Smallest side of the last source that ``SSDNeck``'s extra layers (3x3 convs, the last
     ``last_kernel_size``) shrink to a side of at least 1 at every level, e.g. 17 for SSD300's
     VGG16 extras (17 -> 9 -> 5 -> 3 -> 1) and 1 for MobileNet-SSD's."""
@@ -198,8 +199,7 @@ def build_attention(cfg: OptConfigType, channels: int) -> nn.Module:
     """``cfg`` built with ``in_channels=channels``; ``nn.Identity`` for None."""
     if cfg is None:
         return nn.Identity()
-    if isinstance(cfg['type'], str) and MODELS.get(cfg['type']) is None:
-        raise KeyError(f'StairNetNeck: attention type {cfg["type"]!r} is not registered in '
-                       f'mmdet\'s MODELS (is its package in custom_imports?); valid configs: '
-                       f'{ATTENTION_EXAMPLES}, or any registered module that takes in_channels')
+    check_registered('StairNetNeck', 'attention', cfg,
+                     f'Valid configs: {ATTENTION_EXAMPLES}, or any registered module that takes '
+                     f'in_channels')
     return MODELS.build(dict(cfg, in_channels=channels))

@@ -1,12 +1,12 @@
 """Paper Table 4: parameters and GFLOPs of the ImageNet classifiers, plain and with CBAM.
 
-Counted by ``cbam_mmdet.utils.complexity`` (mmengine's FlopAnalyzer at 224x224, multiply-
+Counted by ``cbam_mmdet.runtime.complexity`` (mmengine's FlopAnalyzer at 224x224, multiply-
 accumulates of conv and linear layers, caffe-style strides): every figure matches the table to
 the printed precision.
 """
 import pytest
 
-from cbam_mmdet.utils.complexity import TABLE4, classifier_complexity, with_cbam
+from cbam_mmdet.runtime.complexity import TABLE4, classifier_complexity, with_cbam
 
 
 @pytest.mark.parametrize('name', list(TABLE4))

@@ -1,14 +1,16 @@
 """The stage-5 RoI head of a C4 Faster R-CNN, with CBAM in every block."""
+from typing import Union
+
 from mmdet.models.backbones.resnet import Bottleneck
 from mmdet.models.layers import ResLayer as ResBlocks
 from mmdet.models.roi_heads.shared_heads import ResLayer
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
 
-from ....utils.pretrained import check_pretrained_resnet
-from ...backbones.cbam_resnet import (DEFAULT_CBAM_CFG, CBAMResNet, cbam_plugin,
-                                      check_registered, mmdet_scope_if_unset,
-                                      start_blocks_as_parent)
+from ...backbones.cbam_resnet import CBAMResNet, start_blocks_as_parent
+from ...backbones.resnet_checkpoints import (check_pretrained_resnet, check_start_from_parent,
+                                             resolve_start_from_parent)
+from ...utils import DEFAULT_CBAM_CFG, cbam_plugin, check_registered, mmdet_scope_if_unset
 
 
 @MODELS.register_module()
@@ -22,7 +24,7 @@ class CBAMResLayer(ResLayer):
     Args:
         depth (int): ResNet depth.
         cbam_cfg (dict): Attention config, as in ``CBAMResNet``. Defaults to ``dict(type='CBAM')``.
-        start_from_parent (bool): As in ``CBAMResNet``. Defaults to False.
+        start_from_parent (bool or str): As in ``CBAMResNet``. Defaults to 'auto'.
         **kwargs: mmdet ``ResLayer`` arguments (stage, stride, dilation, style, norm_cfg,
             norm_eval, with_cp, dcn, init_cfg).
     """
@@ -30,7 +32,7 @@ class CBAMResLayer(ResLayer):
     def __init__(self,
                  depth: int,
                  cbam_cfg: ConfigType = DEFAULT_CBAM_CFG,
-                 start_from_parent: bool = False,
+                 start_from_parent: Union[bool, str] = 'auto',
                  stage: int = 3,
                  stride: int = 2,
                  dilation: int = 1,
@@ -42,6 +44,7 @@ class CBAMResLayer(ResLayer):
             raise ValueError(f'CBAMResLayer: invalid depth={depth!r}; valid depths: '
                              f'{sorted(CBAMResNet.arch_settings)}')
         check_registered('CBAMResLayer', 'cbam_cfg', cbam_cfg)
+        check_start_from_parent('CBAMResLayer', start_from_parent)
         super().__init__(depth, stage=stage, stride=stride, dilation=dilation, style=style,
                          with_cp=with_cp, dcn=dcn, **kwargs)
         # Rebuild the stage mmdet just built, now with CBAM (its ResLayer takes no plugins).
@@ -60,10 +63,12 @@ class CBAMResLayer(ResLayer):
         first_call = not self.is_init
         if first_call:
             block, stage_blocks = CBAMResNet.arch_settings[self.depth]
-            check_pretrained_resnet(
+            weights = check_pretrained_resnet(
                 self, getattr(self, f'layer{self.stage + 1}'),
                 {self.stage: stage_blocks[self.stage]}, self.depth,
                 issubclass(block, Bottleneck), self.start_from_parent)
+            from_parent = resolve_start_from_parent('CBAMResLayer', self.start_from_parent,
+                                                    weights)
         super().init_weights()
-        if self.start_from_parent and first_call:
+        if first_call and from_parent:
             start_blocks_as_parent(getattr(self, f'layer{self.stage + 1}'))

@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from cbam_mmdet.utils import cpp_library
-from cbam_mmdet.utils.cpp_library import CppBuildError, build_library, load_library
+from cbam_mmdet.runtime import cpp_library
+from cbam_mmdet.runtime.cpp_library import CppBuildError, build_library, load_library
 
 ADD = 'extern "C" int add(int a, int b) { return a + b; }\n'
 

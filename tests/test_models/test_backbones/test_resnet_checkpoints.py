@@ -1,5 +1,4 @@
 """Pretrained init checkpoints of our backbones are checked before mmengine loads them."""
-import os
 import warnings
 
 import pytest
@@ -8,8 +7,9 @@ import torch
 from authors_reference import AuthorsCBAMResNet, save_authors_checkpoint
 from cbam_mmdet.models import CBAMResNet, CBAMResNetV1d, CBAMResNeXt
 from cbam_mmdet.models.roi_heads.shared_heads.cbam_res_layer import CBAMResLayer
-from cbam_mmdet.utils.pretrained import (CheckpointError, local_pretrained_cfgs, read_checkpoint,
-                                         resnet_depth, resnet_stage_blocks)
+from cbam_mmdet.models.backbones.resnet_checkpoints import resnet_depth, resnet_stage_blocks
+from cbam_mmdet.runtime.checkpoints import CheckpointError
+from conftest import Exploit, bam_tensors
 from mmdet.models.backbones import ResNet
 from mmdet.registry import MODELS
 
@@ -69,16 +69,6 @@ def test_missing_default_cbam_checkpoint_says_how_to_make_it(tmp_path, monkeypat
     assert ('python tools/convert_official_cbam.py RESNET50_CBAM_new_name_wrap.pth '
             'checkpoints/cbam_r50_backbone.pth') in message
     assert 'CBAM_R50_CHECKPOINT' in message
-
-
-class Exploit:
-    """Pickles as a call of os.system: loading it must not run the command."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.marker}', )
 
 
 @pytest.mark.parametrize('case, message', [
@@ -196,21 +186,35 @@ def test_partial_cbam_weights_are_refused(tmp_path, r18_state):
     assert 'missing' in message and 'layer4.1.cbam.channel_gate' in message
 
 
-def test_plain_resnet_checkpoint_loads_with_one_warning(tmp_path):
+def test_plain_resnet_checkpoint_with_start_from_parent_false_warns_once(tmp_path):
     torch.manual_seed(1)
     plain = ResNet(depth=18).state_dict()
     # torchvision's ImageNet checkpoints carry the classifier: not a backbone key, ignored.
     plain.update({'fc.weight': torch.zeros(1000, 512), 'fc.bias': torch.zeros(1000)})
     path = save_state(tmp_path / 'resnet18.pth', plain, wrap=False)
     with pytest.warns(UserWarning) as record:
-        backbone = init(CBAMResNet(depth=18, init_cfg=pretrained(path)))
-    ours = [w for w in record if 'plain ResNet checkpoint' in str(w.message)]
-    assert len(ours) == 1 and 'start_from_parent=True' in str(ours[0].message)
+        backbone = init(CBAMResNet(depth=18, start_from_parent=False, frozen_stages=1,
+                                   init_cfg=pretrained(path)))
+    ours = [w for w in record if 'plain ResNet without CBAM' in str(w.message)]
+    assert len(ours) == 1
+    assert "default 'auto'" in str(ours[0].message) and 'frozen_stages=1' in str(ours[0].message)
     assert torch.equal(backbone.layer3[0].conv2.weight, plain['layer3.0.conv2.weight'])
 
-    with warnings.catch_warnings():
-        warnings.simplefilter('error')
-        init(CBAMResNet(depth=18, start_from_parent=True, init_cfg=pretrained(path)))
+    for start_from_parent in (True, 'auto'):  # 'auto' is the default
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')
+            init(CBAMResNet(depth=18, start_from_parent=start_from_parent,
+                            init_cfg=pretrained(path)))
+
+
+def test_keys_of_other_attention_modules_are_named_and_refused(tmp_path):
+    state = ResNet(depth=18).state_dict()
+    state.update(bam_tensors('bam1', 64))
+    state['layer2.0.se.fc1.weight'] = torch.zeros(8, 128)
+    path = save_state(tmp_path / 'bam_r18.pth', state)
+    message = refuse(CBAMResNet(depth=18, init_cfg=pretrained(path)))
+    assert ('holds 11 tensors of modules a ResNet does not have (bam1.* (10 tensors), '
+            'layer2.0.se.* (1 tensor))') in message and 'BAM, SE' in message
 
 
 def test_dcn_offsets_and_other_plugins_may_be_absent(tmp_path):
@@ -253,24 +257,9 @@ def test_detector_config_refuses_a_bad_backbone_checkpoint(tmp_path):
         detector.init_weights()
 
 
-def test_remote_checkpoints_are_left_to_mmengine():
-    cfgs = [pretrained('torchvision://resnet50'), pretrained('https://x/y.pth'),
-            dict(type='Kaiming'), pretrained('local.pth')]
-    assert local_pretrained_cfgs(cfgs) == [pretrained('local.pth')]
-    assert local_pretrained_cfgs(pretrained('open-mmlab://resnet50_caffe')) == []
-
-
 def test_depth_helpers_shared_with_the_converter():
     assert resnet_stage_blocks(ResNet(depth=50).state_dict()) == (3, 4, 6, 3)
     assert resnet_depth((3, 4, 6, 3), bottleneck=True) == 50
     assert resnet_depth((3, 4, 6, 3), bottleneck=False) == 34
     assert resnet_depth((2, 2, 2, 2), bottleneck=True) is None
     assert resnet_depth((3, 4, 5, 3), bottleneck=True) is None
-
-
-def test_read_checkpoint_maps_zip_files_and_reads_legacy_ones(tmp_path):
-    state = {'w': torch.arange(4.)}
-    torch.save(state, str(tmp_path / 'zip.pth'))
-    torch.save(state, str(tmp_path / 'legacy.pth'), _use_new_zipfile_serialization=False)
-    for name in ('zip.pth', 'legacy.pth'):
-        assert torch.equal(read_checkpoint(str(tmp_path / name), mmap=True)['w'], state['w'])

@@ -12,8 +12,9 @@ from torch.utils.data import Dataset
 
 from mmengine.logging import HistoryBuffer
 
-from cbam_mmdet.utils import mmengine_checkpoint_globals
-from cbam_mmdet.utils.safe_checkpoint import NUMERIC_DTYPE_CLASSES, history_buffer_method
+from cbam_mmdet.runtime.weights_only import (NUMERIC_DTYPE_CLASSES, history_buffer_method,
+                                             mmengine_checkpoint_globals)
+from conftest import Exploit
 
 
 class ToyDataset(Dataset):
@@ -96,8 +97,8 @@ def test_allow_list_is_what_runner_checkpoints_need(runner_checkpoint):
 
 def test_getattr_is_limited_to_history_buffer_statistics():
     assert history_buffer_method(HistoryBuffer, 'mean') is HistoryBuffer.mean
-    for owner, name in [(HistoryBuffer, '__init__'), (os, 'system'), (HistoryBuffer,
-                                                                       'register_statistics')]:
+    for owner, name in [(HistoryBuffer, '__init__'), (os, 'system'),
+                        (HistoryBuffer, 'register_statistics')]:
         with pytest.raises(pickle.UnpicklingError, match='refusing getattr'):
             history_buffer_method(owner, name)
 
@@ -118,16 +119,6 @@ def test_load_a_trained_model_for_testing(runner_checkpoint):
     load_checkpoint(model, path, map_location='cpu', strict=True)
     for key, value in state.items():
         torch.testing.assert_close(model.state_dict()[key], value)
-
-
-class Exploit:
-    """Pickles as a call of os.system: loading it must not run the command."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.marker}', )
 
 
 def test_hostile_pickle_in_a_checkpoint_does_not_run(runner_checkpoint, tmp_path):

@@ -10,7 +10,8 @@ import torch
 from mmengine.fileio import get_file_backend
 from mmengine.runner import save_checkpoint
 
-from cbam_mmdet.utils import AtomicLocalBackend, atomic_files
+from cbam_mmdet.runtime import atomic_files
+from cbam_mmdet.runtime.atomic_files import AtomicLocalBackend
 
 WRITER = """
 import sys

@@ -1,23 +1,20 @@
 """Dataset checks: every broken annotation or image file gives one clear error."""
-import importlib.util
 import json
 import shutil
 
 import pytest
 from mmengine.config import Config
 
-from cbam_mmdet.datasets import DatasetError, check_datasets, is_first_process
-from conftest import REPO_ROOT
+from cbam_mmdet.runtime.dataset_checks import DatasetError, check_datasets
+from cbam_mmdet.runtime.ranks import is_first_process
+from conftest import load_tool
 
 CLASSES = ('circle', 'square', 'triangle')
-SYNTHETIC_TOOL = f'{REPO_ROOT}/tools/make_synthetic_dataset.py'
 
 
 @pytest.fixture(scope='module')
 def pristine(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location('make_synthetic_dataset', SYNTHETIC_TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('make_synthetic_dataset')
     out = tmp_path_factory.mktemp('pristine') / 'synthetic'
     assert tool.main([str(out), '--num-train', '5', '--num-val', '2', '--size', '64']) == 0
     return out
@@ -87,6 +84,14 @@ def test_missing_coco_annotation_file(data):
             'Check data_root and ann_file')
 
 
+def test_voc_image_set_list_in_a_coco_config_is_named_as_such(data):
+    image_set = data / 'VOCdevkit' / 'VOC2007' / 'ImageSets' / 'Main' / 'train.txt'
+    message = refused(coco_cfg(data, ann_file=str(image_set)),
+                      f'annotation file {image_set} is a VOC image-set list',
+                      'this is a COCO-style dataset (CocoDataset)', 'Use a VOC config')
+    assert 'not valid JSON' not in message
+
+
 def test_truncated_coco_json_gives_the_position(data):
     text = coco_ann(data).read_text()
     coco_ann(data).write_text(text[:200])
@@ -112,7 +117,7 @@ def test_missing_coco_section(data, section):
 def test_coco_entries_without_the_keys_mmdet_reads(data, section, key):
     edit_json(coco_ann(data), lambda coco: coco[section][0].pop(key))
     refused(coco_cfg(data), f"1 entries of '{section}' in {coco_ann(data)} lack keys mmdet reads",
-            f'#0 ', f'lacks {key}')
+            '#0 ', f'lacks {key}')
 
 
 def test_coco_box_that_is_not_four_numbers(data):
@@ -210,7 +215,7 @@ def test_voc_classes_matching_no_object(data):
 def test_missing_voc_image(data):
     image = data / 'VOCdevkit' / 'VOC2007' / 'JPEGImages' / 'train_000004.jpg'
     image.unlink()
-    refused(voc_cfg(data), f'1 of 5 images listed in', f'are missing: {image}')
+    refused(voc_cfg(data), '1 of 5 images listed in', f'are missing: {image}')
 
 
 def test_voc_images_without_objects_are_fine(data):

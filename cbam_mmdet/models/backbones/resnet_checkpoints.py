@@ -1,23 +1,23 @@
-"""Checkpoints read safely and checked against the network before anything is loaded.
+"""Checks of a ResNet-family checkpoint against a CBAM backbone or shared head, before loading.
 
 mmengine loads a ``Pretrained`` init checkpoint with ``strict=False``: a checkpoint of another
 depth, architecture or layout only produces a log line listing keys, and the network trains from
-a partly random start. A missing, empty or corrupt file surfaces as a bare ``torch.load`` error
-from deep inside the Runner. :func:`check_pretrained_resnet` runs before mmengine loads the
-checkpoint of one of our ResNet-family modules and turns every such case into an error that names
-the file, the problem and the fix; it reads mmpretrain classifier checkpoints too (loaded with
-``prefix='backbone.'``, their ``head.*`` keys unused). :func:`read_checkpoint` is the one
-weights-only reader behind it (and behind the converter and the tools' ``--resume`` / test
-checkpoints).
+a partly random start. :func:`check_pretrained_resnet` runs before mmengine loads the checkpoint of
+one of our ResNet-family modules and turns every such case into an error that names the file, the
+problem and the fix; it reads mmpretrain classifier checkpoints too (loaded with
+``prefix='backbone.'``, their ``head.*`` keys unused).
 """
 import os
-import pickle
 import re
 import warnings
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+
+from ...runtime.checkpoints import (CheckpointError, is_local, local_pretrained_cfgs,
+                                    read_checkpoint, show_keys, state_dict_mismatch,
+                                    state_dict_of)
 
 # Blocks per stage -> ResNet depth; (3, 4, 6, 3) is depth 34 with basic blocks, 50 with
 # bottlenecks (and ResNeXt shares the bottleneck depths).
@@ -27,82 +27,16 @@ CONVERTER_COMMAND = ('python tools/convert_official_cbam.py RESNET50_CBAM_new_na
                      '{dst}')
 # Keys of the authors' CBAM code that the converter renames (``module.`` is DataParallel's).
 AUTHORS_CBAM_KEYS = ('.cbam.ChannelGate.', '.cbam.SpatialGate.')
-# Loading schemes mmengine resolves itself (downloads, model zoos): not checked here.
-_REMOTE = re.compile(r'^[a-zA-Z][a-zA-Z0-9+.-]*://')
-_REFUSED_GLOBAL = re.compile(r'GLOBAL [\w.]+')
-_UNSUPPORTED_OPCODE = re.compile(r'Unsupported operand \d+')
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot or must not be loaded; the message names the file and why."""
-
-
-def show_keys(keys: Sequence[str], limit: int = 5, sep: str = ', ') -> str:
-    """The first ``limit`` keys, and how many more there are."""
-    more = f' (+{len(keys) - limit} more)' if len(keys) > limit else ''
-    return sep.join(keys[:limit]) + more
-
-
-def read_checkpoint(path: str, missing_hint: str = '', mmap: bool = False):
-    """``torch.load`` with ``weights_only=True``, and an error naming the file for every failure.
-
-    Args:
-        path (str): Local file.
-        missing_hint (str): Appended to the error for a missing file (how to make it).
-        mmap (bool): Map the tensors instead of reading them (cheap for a validity check);
-            files in the legacy (non-zip) format are read in full.
-
-    Raises:
-        FileNotFoundError: No such file.
-        CheckpointError: A directory, an empty file, a corrupt or truncated file, or one that
-            holds pickled objects other than tensors (refused; none of them runs).
-    """
-    if not os.path.exists(path):
-        raise FileNotFoundError(f'checkpoint {path}: no such file{missing_hint}')
-    if os.path.isdir(path):
-        raise CheckpointError(f'checkpoint {path}: is a directory, not a checkpoint file')
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(f'checkpoint {path}: is empty (0 bytes); an interrupted download '
-                              f'or copy? Fetch or convert it again')
-    try:
-        try:
-            return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
-        except RuntimeError as err:
-            if not (mmap and 'mmap can only be used' in str(err)):
-                raise
-            return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as err:
-        refused_global = _REFUSED_GLOBAL.search(str(err))
-        if refused_global is None:
-            detail = _UNSUPPORTED_OPCODE.search(str(err))
-            raise CheckpointError(
-                f'checkpoint {path}: is corrupt or not a PyTorch checkpoint '
-                f'({detail.group(0) if detail else _first_line(err)}; nothing in it was '
-                f'unpickled)') from err
-        raise CheckpointError(
-            f'checkpoint {path}: refused by the weights-only loader ({refused_global.group(0)}): '
-            f'it holds pickled objects other than tensors and plain containers (which are never '
-            f'unpickled here, so none of them ran), or it is truncated. Use a checkpoint that '
-            f'holds tensors only.') from err
-    except Exception as err:  # noqa: BLE001 - truncated zip, garbage, ...: all the same to users
-        raise CheckpointError(f'checkpoint {path}: is truncated, corrupt or not a PyTorch '
-                              f'checkpoint ({type(err).__name__}: {_first_line(err)})') from err
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else 'no details'
-
-
-def state_dict_of(checkpoint, path: str) -> Dict[str, torch.Tensor]:
-    """The state dict mmengine takes from ``checkpoint``: its ``state_dict`` entry, or itself."""
-    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, Mapping) or not state or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise CheckpointError(
-            f'checkpoint {path}: holds no state dict (expected a dict of tensors, or a dict with '
-            f'a "state_dict" entry holding one; got {type(checkpoint).__name__})')
-    return dict(state)
+# The modules of a torchvision / mmdet ResNet (deep stem: ``stem``; classifier: ``fc``), and
+# those of its blocks (mmdet names its norms bn1..bn3, as torchvision does).
+RESNET_TOP_LEVEL = re.compile(r'conv1|bn1|stem|layer\d+|fc')
+RESNET_BLOCK_PARTS = ('conv1', 'conv2', 'conv3', 'bn1', 'bn2', 'bn3', 'downsample', 'cbam')
+BLOCK_KEY = re.compile(r'layer\d+\.\d+\.[^.]+\.')
+# Model zoos mmengine resolves by name; they hold plain (ImageNet) ResNets only.
+PLAIN_MODEL_ZOOS = ('torchvision://', 'open-mmlab://', 'openmmlab://', 'mmcls://',
+                    'mmpretrain://')
+# What the Pretrained weights of a CBAM module are (see check_pretrained_resnet).
+CBAM, PLAIN, UNKNOWN = 'cbam', 'plain', 'unknown'
 
 
 def stage_block_counts(keys: Iterable[str]) -> Dict[int, int]:
@@ -139,51 +73,59 @@ def resnet_depth(blocks: Tuple[int, ...], bottleneck: bool) -> Optional[int]:
     return depth if bottleneck == (depth >= 50) else None
 
 
-def state_dict_mismatch(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
-                        ignore_missing=lambda key: False,
-                        ignore_unexpected=lambda key: False) -> List[str]:
-    """What keeps ``state`` from loading into a module whose state dict is ``expected``: missing
-    keys, unexpected keys, other shapes (one description each, empty if it fits)."""
-    missing = [k for k in expected if k not in state and not ignore_missing(k)]
-    unexpected = [k for k in state if k not in expected and not ignore_unexpected(k)]
-    shapes = [f'{k}: {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} in the model'
-              for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append(f'missing {len(missing)} keys: {show_keys(missing)}')
-    if unexpected:
-        problems.append(f'unexpected {len(unexpected)} keys: {show_keys(unexpected)}')
-    if shapes:
-        problems.append(
-            f'other tensor shapes for {len(shapes)} keys: {show_keys(shapes, 3, sep="; ")}')
-    return problems
+def foreign_module_keys(keys: Iterable[str], known_keys: Iterable[str] = ()) -> List[str]:
+    """Keys of modules a (CBAM) ResNet does not have, e.g. BAM's ``bam1.*`` or an SE block's
+    ``layer1.0.se.*``.
+
+    Args:
+        keys (Iterable[str]): State-dict keys (``module.`` and any prefix stripped).
+        known_keys (Iterable[str]): The keys of the module being loaded (its norms' names, its
+            plugins' names are then known too).
+    """
+    known_keys = list(known_keys)
+    tops = {k.split('.')[0] for k in known_keys}
+    parts = set(RESNET_BLOCK_PARTS) | {
+        k.split('.')[2] for k in known_keys if BLOCK_KEY.match(k)}
+    return [key for key in keys
+            if not (RESNET_TOP_LEVEL.fullmatch(key.split('.')[0]) or key.split('.')[0] in tops)
+            or (BLOCK_KEY.match(key) and key.split('.')[2] not in parts)]
 
 
-def is_local(checkpoint: str) -> bool:
-    return not _REMOTE.match(str(checkpoint))
+def describe_modules(keys: Sequence[str]) -> str:
+    """``bam1.* (32 tensors), layer1.0.se.* (4 tensors)``: the modules the keys belong to."""
+    counts: Dict[str, int] = {}
+    for key in keys:
+        module = '.'.join(key.split('.')[:3 if BLOCK_KEY.match(key) else 1])
+        counts[module] = counts.get(module, 0) + 1
+    return show_keys([f'{module}.* ({n} tensor{"s" if n != 1 else ""})'
+                      for module, n in counts.items()], limit=4)
 
 
-def local_pretrained_cfgs(init_cfg) -> List[dict]:
-    """The ``Pretrained`` entries of an ``init_cfg`` whose checkpoint is a local path."""
-    from mmengine.model.weight_init import PretrainedInit
+def pretrained_weights_kind(init_cfg) -> Optional[str]:
+    """What the ``Pretrained`` checkpoints of ``init_cfg`` are, before they are read: None (no
+    ``Pretrained`` entry), ``PLAIN`` for model zoos (they hold plain ResNets only), ``UNKNOWN``
+    for downloads; local files are read by :func:`check_pretrained_resnet`."""
     cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
-    return [cfg for cfg in cfgs if isinstance(cfg, Mapping)
-            and cfg.get('type') in ('Pretrained', PretrainedInit)
-            and cfg.get('checkpoint') and is_local(cfg['checkpoint'])]
+    checkpoints = [str(cfg.get('checkpoint')) for cfg in cfgs
+                   if isinstance(cfg, Mapping) and cfg.get('type') == 'Pretrained']
+    remote = [c for c in checkpoints if not is_local(c)]
+    if not remote:
+        return None
+    return PLAIN if all(c.startswith(PLAIN_MODEL_ZOOS) for c in remote) else UNKNOWN
 
 
 def check_pretrained_resnet(module: nn.Module, blocks: Iterable[nn.Module],
                             stage_blocks: Mapping[int, int], depth: int, bottleneck: bool,
-                            start_from_parent: bool) -> None:
+                            start_from_parent: Union[bool, str] = 'auto') -> Optional[str]:
     """Check every local ``Pretrained`` checkpoint in ``module.init_cfg`` before mmengine loads
-    it with ``strict=False``.
+    it with ``strict=False``, and say what weights the module will get.
 
     Refused with an error naming the file: missing (for the authors' default checkpoint, with
     the converter command), empty, corrupt or truncated, hostile; no state dict; the authors'
     unconverted CBAM checkpoint; a checkpoint with no key of ``module`` (another architecture, or
-    a whole detector without ``prefix``); other blocks per stage or another block type (another
-    depth); missing, unexpected or misshapen keys. A plain (no-CBAM) ResNet checkpoint for a
-    CBAM module loads with a warning, or silently with ``start_from_parent=True``.
+    a whole detector without ``prefix``); keys of modules a ResNet does not have (BAM, SE, ...);
+    other blocks per stage or another block type (another depth); missing, unexpected or
+    misshapen keys.
 
     Args:
         module (nn.Module): A ResNet-family module with CBAM (backbone or shared head).
@@ -193,23 +135,76 @@ def check_pretrained_resnet(module: nn.Module, blocks: Iterable[nn.Module],
             0-based stage index.
         depth (int): The module's ResNet depth.
         bottleneck (bool): Whether its blocks are bottlenecks.
-        start_from_parent (bool): The module's ``start_from_parent``.
+        start_from_parent (bool or str): The module's setting; a plain mmpretrain classifier
+            for a CBAM module is refused unless it is True (a -cbam classifier was probably
+            meant).
+
+    Returns:
+        str or None: ``CBAM`` if a checkpoint holds CBAM weights, ``UNKNOWN`` if one is a
+        download (not read here), ``PLAIN`` if all are plain ResNets, None without
+        ``Pretrained`` checkpoints.
     """
+    kinds = {pretrained_weights_kind(module.init_cfg)} - {None}
     cfgs = local_pretrained_cfgs(module.init_cfg)
-    if not cfgs:
-        return
-    expected = module.state_dict()
-    plugin_names = {name for block in blocks for attr in
-                    ('after_conv1_plugin_names', 'after_conv2_plugin_names',
-                     'after_conv3_plugin_names') for name in getattr(block, attr, [])}
-    for cfg in cfgs:
-        path = os.path.expanduser(cfg['checkpoint'])
-        _check_one(path, cfg.get('prefix'), module, expected, plugin_names, stage_blocks, depth,
-                   bottleneck, start_from_parent)
+    if cfgs:
+        expected = module.state_dict()
+        plugin_names = {name for block in blocks for attr in
+                        ('after_conv1_plugin_names', 'after_conv2_plugin_names',
+                         'after_conv3_plugin_names') for name in getattr(block, attr, [])}
+        for cfg in cfgs:
+            path = os.path.expanduser(cfg['checkpoint'])
+            kinds.add(_check_one(path, cfg.get('prefix'), module, expected, plugin_names,
+                                 stage_blocks, depth, bottleneck, start_from_parent))
+    for kind in (CBAM, UNKNOWN, PLAIN):
+        if kind in kinds:
+            return kind
+    return None
+
+
+def resolve_start_from_parent(owner: str, setting: Union[bool, str], weights: Optional[str],
+                              frozen_stages: int = -1) -> bool:
+    """Whether a CBAM module starts as its plain parent (see ``CBAMBackboneMixin``).
+
+    ``'auto'`` does exactly when the ``Pretrained`` weights are a plain ResNet: its CBAMs would
+    otherwise keep their random init inside pretrained features, and those of frozen stages
+    would keep it for the whole training. A download that may or may not hold CBAM weights is
+    left as it loads, with a warning asking for an explicit setting.
+
+    Args:
+        owner (str): The module, for the warnings.
+        setting (bool or str): ``start_from_parent``: True, False or 'auto'.
+        weights (str, optional): What :func:`check_pretrained_resnet` returned.
+        frozen_stages (int): The module's frozen stages (-1: none), for the warning.
+    """
+    if setting == 'auto':
+        if weights == UNKNOWN:
+            warnings.warn(
+                f'{owner}: start_from_parent=\'auto\' cannot tell whether the downloaded '
+                f'Pretrained checkpoint holds CBAM weights, so every CBAM keeps what loads (its '
+                f'random init for a plain ResNet). Set start_from_parent=True for plain-ResNet '
+                f'weights, False for CBAM weights.', UserWarning, stacklevel=3)
+        return weights == PLAIN
+    if not setting and weights == PLAIN:
+        frozen = (f' The {frozen_stages} frozen stage(s) keep their random CBAMs for the whole '
+                  f'training (frozen_stages={frozen_stages}).' if frozen_stages > 0 else '')
+        warnings.warn(
+            f'{owner}: the Pretrained checkpoint is a plain ResNet without CBAM weights and '
+            f'start_from_parent=False: every CBAM keeps its random init and attenuates its '
+            f'residual branch (to about a quarter), distorting the pretrained features.{frozen} '
+            f'Leave start_from_parent at its default \'auto\' (or set True) to start from '
+            f'exactly the plain network.', UserWarning, stacklevel=3)
+    return bool(setting)
+
+
+def check_start_from_parent(owner: str, setting) -> None:
+    if not (isinstance(setting, bool) or setting == 'auto'):
+        raise ValueError(f"{owner}: start_from_parent must be True, False or 'auto', got "
+                         f'{setting!r}')
 
 
 def _check_one(path, prefix, module, expected, plugin_names, stage_blocks, depth, bottleneck,
-               start_from_parent) -> None:
+               start_from_parent) -> str:
+    """Check one local checkpoint; return ``CBAM`` or ``PLAIN``."""
     owner = type(module).__name__
     hint = ''
     if os.path.basename(path) == os.path.basename(DEFAULT_CBAM_CHECKPOINT):
@@ -241,6 +236,13 @@ def _check_one(path, prefix, module, expected, plugin_names, stage_blocks, depth
     if not relevant:
         raise CheckpointError(f'{where}: ' + (CLASSIFIER_WITHOUT_PREFIX if classifier else
                                               _foreign_checkpoint_problem(state, expected)))
+    foreign = foreign_module_keys(state, expected)
+    if foreign:
+        raise CheckpointError(
+            f'{where}: holds {len(foreign)} tensors of modules a ResNet does not have '
+            f'({describe_modules(foreign)}): a network with other attention modules (BAM, SE, '
+            f'...)? mmengine would drop them silently. Use a plain ResNet or a CBAM ResNet '
+            f'checkpoint')
 
     _check_stages(where, state, stage_blocks, depth, bottleneck, owner)
 
@@ -248,7 +250,6 @@ def _check_one(path, prefix, module, expected, plugin_names, stage_blocks, depth
         return '.cbam.' in key
 
     has_cbam = any(is_cbam(k) for k in relevant)
-    wants_cbam = any(is_cbam(k) for k in expected)
 
     def ignore_missing(key):
         # Plugins and DCN offsets absent from a plain checkpoint keep their own init (mmdet's
@@ -263,14 +264,10 @@ def _check_one(path, prefix, module, expected, plugin_names, stage_blocks, depth
     if problems:
         raise CheckpointError(f'{where}: does not fit the {owner} (depth {depth}):'
                               + ''.join(f'\n  - {problem}' for problem in problems))
-    if wants_cbam and not has_cbam and not start_from_parent:
-        if classifier:
-            raise CheckpointError(f'{where}: {plain_classifier_problem(owner)}')
-        warnings.warn(
-            f'{where}: is a plain ResNet checkpoint without CBAM weights; every CBAM keeps its '
-            f'random init and attenuates its residual branch (to about a quarter), distorting '
-            f'the pretrained features. Set start_from_parent=True to start from exactly the '
-            f'plain network (see README).', UserWarning, stacklevel=2)
+    if classifier and not has_cbam and any(is_cbam(k) for k in expected) and (
+            start_from_parent is not True):
+        raise CheckpointError(f'{where}: {plain_classifier_problem(owner)}')
+    return CBAM if has_cbam else PLAIN
 
 
 def is_classifier_state(state: Mapping[str, torch.Tensor]) -> bool:

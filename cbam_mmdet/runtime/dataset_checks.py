@@ -13,6 +13,7 @@ import inspect
 import json
 import os
 import os.path as osp
+import re
 import time
 import xml.etree.ElementTree as ET
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -29,25 +30,12 @@ COCO_IMAGE_KEYS = ('id', 'file_name', 'width', 'height')
 COCO_ANNOTATION_KEYS = ('id', 'image_id', 'bbox', 'area', 'category_id')
 COCO_CATEGORY_KEYS = ('id', 'name')
 EXAMPLES = 3
+# A line of a VOC image-set list: an image id (e.g. 000005, 2008_000123), maybe a class flag.
+IMAGE_SET_LINE = re.compile(r'[\w.-]+(\s+-?[01])?')
 
 
 class DatasetError(ValueError):
     """A dataset that cannot be used as configured; the message lists the files and fixes."""
-
-
-def is_first_process(launcher: str = 'none') -> bool:
-    """Whether this is the process that checks: always without a launcher, else rank 0.
-
-    Read from the environment because the check runs before the process group exists
-    (``torch.distributed.run`` sets ``RANK``; ``LOCAL_RANK`` stands in for it when only that
-    is set; slurm and MPI set their own).
-    """
-    if launcher in (None, 'none'):
-        return True
-    for name in ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK', 'LOCAL_RANK'):
-        if os.environ.get(name) not in (None, ''):
-            return int(os.environ[name]) == 0
-    return True
 
 
 def check_datasets(cfg: Mapping, splits: Sequence[str]) -> List[str]:
@@ -106,6 +94,7 @@ class DatasetFiles:
     def __init__(self, cfg: Mapping, cls: type, split: str):
         self.cfg = cfg
         self.split = split
+        self.dataset_type = cls.__name__
         data_root = cfg.get('data_root') or ''
         self.local = not any('://' in str(p) for p in (data_root, cfg.get('ann_file', '')))
         self.ann_file = self.join(data_root, cfg.get('ann_file') or '')
@@ -193,6 +182,9 @@ class CocoCheck:
             with open(ann_file, 'rb') as f:
                 coco = json.load(f)
         except json.JSONDecodeError as err:
+            if is_image_set_list(ann_file):
+                add(image_set_problem(ann_file, self.files))
+                return None
             size = osp.getsize(ann_file)
             add(f'annotation file {ann_file} is not valid JSON: {err.msg} (line {err.lineno}, '
                 f'column {err.colno}; character {err.pos} of a {size}-byte file). It is damaged '
@@ -202,6 +194,9 @@ class CocoCheck:
             add(f'annotation file {ann_file} cannot be read: {err}.')
             return None
         if not isinstance(coco, dict):
+            if is_image_set_list(ann_file):
+                add(image_set_problem(ann_file, self.files))
+                return None
             add(f'annotation file {ann_file} holds a JSON {type(coco).__name__}, not a COCO '
                 f'annotation object (a results file?). Use an instances_*.json file.')
             return None
@@ -281,6 +276,24 @@ class CocoCheck:
             self.problems.add(
                 f'filter_cfg={dict(cfg)} removes all {len(images)} images of {ann_file}: '
                 f'{"; ".join(why) or "see filter_cfg"}. Check the classes and filter_cfg.')
+
+
+def is_image_set_list(path: str) -> bool:
+    """Whether ``path`` is a VOC image-set list (``ImageSets/Main/*.txt``): one image id per
+    line, optionally followed by a 1 / 0 / -1 class flag."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = [line.strip() for line in f.read(1 << 20).splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(lines) and all(IMAGE_SET_LINE.fullmatch(line) for line in lines)
+
+
+def image_set_problem(ann_file: str, files: 'DatasetFiles') -> str:
+    return (f'annotation file {ann_file} is a VOC image-set list (one image id per line), but '
+            f'this is a COCO-style dataset ({files.dataset_type}), which reads a COCO '
+            f'instances JSON. Use a VOC config (VOCDataset, data_root with VOC2007/...) for '
+            f'VOC data, or point ann_file at an instances_*.json file.')
 
 
 def large_enough(width: Optional[int], height: Optional[int], min_size: int) -> bool:

@@ -1,0 +1,10 @@
+"""ONNX export of CBAM backbones and detectors, checked against onnxruntime."""
+from .graphs import BackboneGraph, FeatureGraph, InputNormalizer, SSDDetectionGraph
+from .onnx_export import ExportError, export_onnx, onnx_session, run_onnx
+from .parity import detection_differences, detections_match, relative_difference
+
+__all__ = [
+    'BackboneGraph', 'ExportError', 'FeatureGraph', 'InputNormalizer', 'SSDDetectionGraph',
+    'detection_differences', 'detections_match', 'export_onnx', 'onnx_session',
+    'relative_difference', 'run_onnx'
+]

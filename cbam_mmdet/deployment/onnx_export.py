@@ -73,8 +73,10 @@ def export_onnx(graph: nn.Module,
             os.remove(tmp)
 
 
-def first_lines(text: str, count: int = 6) -> str:
-    return '\n'.join(text.strip().splitlines()[:count])
+def first_lines(text: str, count: int = 8) -> str:
+    """The start of an exporter message, from its exception summary when it has one."""
+    summary = text.split('## Exception summary', 1)
+    return '\n'.join(summary[-1].strip().splitlines()[:count])
 
 
 def onnx_session(path: str, threads: int = 0):

@@ -12,13 +12,34 @@ tensor ops, ``nonzero`` for the data-dependent selections, and torchvision's ``n
   ``min_bbox_size`` filter;
 * class-wise NMS as mmcv's ``batched_nms`` below its ``split_thr``: every box shifted by
   ``group * (max coordinate + 1)``, one NMS over all, with the group the (image, class) pair;
-* the ``max_per_img`` best detections of each image.
+* the ``max_per_img`` best detections of each image;
+* for two-stage detectors, the RPN's proposals the same way (NMS per level), and the box head's
+  class-specific boxes as mmdet's ``multiclass_nms``.
 """
 from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torchvision.ops import nms
+
+from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
+from mmdet.models.task_modules.coders.delta_xywh_bbox_coder import delta2bbox
+
+# ``DeltaXYWHBBoxCoder.decode``'s default, which mmdet's heads use.
+WH_RATIO_CLIP = 16 / 1000
+
+
+def decode_boxes(bbox_coder: DeltaXYWHBBoxCoder, priors: Tensor, deltas: Tensor,
+                 max_shape) -> Tensor:
+    """``bbox_coder.decode(priors, deltas, max_shape)`` on (N, 4) inputs, as mmdet's ``predict``
+    runs it: ``delta2bbox``. (Under ``torch.onnx.export``, ``decode`` takes a branch that imports
+    mmdet 2.x's ``mmdet.core``, which mmdet 3 no longer has.)"""
+    if type(bbox_coder) is not DeltaXYWHBBoxCoder:
+        raise TypeError(f'only DeltaXYWHBBoxCoder boxes are decoded, not '
+                        f'{type(bbox_coder).__name__}')
+    return delta2bbox(priors, deltas, bbox_coder.means, bbox_coder.stds, max_shape,
+                      WH_RATIO_CLIP, bbox_coder.clip_border, bbox_coder.add_ctr_clamp,
+                      bbox_coder.ctr_clamp)
 
 
 def top_candidates(scores: Tensor, score_thr: float, nms_pre: int) -> Tuple[Tensor, Tensor]:
@@ -71,51 +92,117 @@ def rank_within_image(batch_index: Tensor, num_images: int) -> Tensor:
     return (one_hot.cumsum(0) * one_hot).sum(1) - 1
 
 
+def select_detections(boxes: Tensor, scores: Tensor, labels: Tensor, batch_index: Tensor,
+                      valid: Tensor, groups: Tensor, num_groups: int, num_images: int,
+                      iou_threshold: float, max_per_img: int) -> List[Tensor]:
+    """The valid candidates, NMS within each (image, group), the best ``max_per_img`` per image.
+
+    Args:
+        boxes (Tensor): (N, 4) xyxy candidates of all images.
+        scores, labels, batch_index, valid (Tensor): (N,) each.
+        groups (Tensor): (N,) group within the image, in [0, num_groups): NMS runs per group.
+        num_groups (int): Groups per image.
+        num_images (int): Images in the batch.
+        iou_threshold (float): NMS IoU threshold.
+        max_per_img (int): Detections kept per image.
+
+    Returns:
+        list[Tensor]: boxes (M, 4), scores (M,), labels (M,), batch_index (M,), image by image,
+        each image's best first.
+    """
+    chosen = valid.nonzero()[:, 0]
+    boxes, scores = boxes[chosen], scores[chosen]
+    labels, batch_index = labels[chosen], batch_index[chosen]
+    keep = class_nms(boxes, scores, batch_index * num_groups + groups[chosen], iou_threshold)
+    keep = keep[rank_within_image(batch_index[keep], num_images) < max_per_img]
+    # Image by image, each image's detections still best first (the sort key is exact).
+    position = torch.arange(keep.shape[0], device=keep.device)
+    keep = keep[torch.argsort(batch_index[keep] * (keep.shape[0] + 1) + position)]
+    return [boxes[keep], scores[keep], labels[keep], batch_index[keep]]
+
+
 def dense_detections(mlvl_scores: Sequence[Tensor], mlvl_deltas: Sequence[Tensor],
                      mlvl_priors: Sequence[Tensor], bbox_coder, image_shape: Tuple[int, int],
-                     test_cfg) -> List[Tensor]:
+                     test_cfg, nms_per_level: bool = False) -> List[Tensor]:
     """Detections of a batch from per-level class scores and box deltas of a dense head.
 
     Args:
         mlvl_scores (Sequence[Tensor]): Per level (B, P_l, C) scores (background removed).
         mlvl_deltas (Sequence[Tensor]): Per level (B, P_l, 4) box regressions.
         mlvl_priors (Sequence[Tensor]): Per level (P_l, 4) priors (anchors), xyxy.
-        bbox_coder: The head's box coder (``decode(priors, deltas, max_shape)``).
+        bbox_coder (DeltaXYWHBBoxCoder): The head's box coder.
         image_shape (tuple): (H, W) of the input, where boxes are clipped.
         test_cfg: The head's ``test_cfg`` (score_thr, nms_pre, min_bbox_size, nms, max_per_img).
+        nms_per_level (bool): NMS within each level (the RPN's) instead of each class.
+            Defaults to False.
 
     Returns:
-        list[Tensor]: boxes (M, 4) xyxy in input pixels, scores (M,), labels (M,) and
-        batch_index (M,), sorted by image, then by decreasing score.
+        list[Tensor]: ``select_detections``' outputs, boxes in input pixels.
     """
     batch, classes = mlvl_scores[0].shape[0], mlvl_scores[0].shape[-1]
-    scores, labels, priors, deltas = [], [], [], []
-    for level_scores, level_deltas, level_priors in zip(mlvl_scores, mlvl_deltas, mlvl_priors):
-        top_scores, flat_index = top_candidates(level_scores, test_cfg.get('score_thr', 0),
+    score_thr = test_cfg.get('score_thr', 0)
+    scores, labels, levels, priors, deltas = [], [], [], [], []
+    for level, (level_scores, level_deltas, level_priors) in enumerate(
+            zip(mlvl_scores, mlvl_deltas, mlvl_priors)):
+        top_scores, flat_index = top_candidates(level_scores, score_thr,
                                                 test_cfg.get('nms_pre', -1))
         prior_index = torch.div(flat_index, classes, rounding_mode='floor')
         scores.append(top_scores)
         labels.append(flat_index - prior_index * classes)
+        levels.append(torch.full_like(flat_index, level))
         priors.append(level_priors[prior_index])
         deltas.append(gather_rows(level_deltas, prior_index))
-    scores, labels = torch.cat(scores, 1), torch.cat(labels, 1)
-    boxes = bbox_coder.decode(torch.cat(priors, 1).reshape(-1, 4),
-                              torch.cat(deltas, 1).reshape(-1, 4), max_shape=image_shape)
-    boxes = boxes.reshape(batch, -1, 4)
-    valid = scores > test_cfg.get('score_thr', 0)
+    scores, labels, levels = (torch.cat(t, 1).flatten() for t in (scores, labels, levels))
+    boxes = decode_boxes(bbox_coder, torch.cat(priors, 1).reshape(-1, 4),
+                         torch.cat(deltas, 1).reshape(-1, 4), image_shape)
+    per_image = scores.shape[0] // batch
+    batch_index = torch.div(torch.arange(scores.shape[0], device=scores.device), per_image,
+                            rounding_mode='floor')
+    valid = (scores > score_thr) & min_size_mask(boxes, test_cfg)
+    groups, num_groups = (levels, len(mlvl_scores)) if nms_per_level else (labels, classes)
+    return select_detections(boxes, scores, labels, batch_index, valid, groups, num_groups,
+                             batch, test_cfg['nms']['iou_threshold'], test_cfg['max_per_img'])
+
+
+def min_size_mask(boxes: Tensor, test_cfg) -> Tensor:
+    """mmdet's ``min_bbox_size`` filter (width and height above it; none when it is < 0)."""
     min_size = test_cfg.get('min_bbox_size', -1)
-    if min_size >= 0:
-        valid = valid & (boxes[..., 2] - boxes[..., 0] > min_size) & (
-            boxes[..., 3] - boxes[..., 1] > min_size)
-    chosen = valid.flatten().nonzero()[:, 0]
-    candidates = scores.shape[1]
-    batch_index = torch.div(chosen, candidates, rounding_mode='floor')
-    boxes, scores, labels = boxes.reshape(-1, 4)[chosen], scores.flatten()[chosen], \
-        labels.flatten()[chosen]
-    keep = class_nms(boxes, scores, batch_index * classes + labels,
-                     test_cfg['nms']['iou_threshold'])
-    keep = keep[rank_within_image(batch_index[keep], batch) < test_cfg['max_per_img']]
-    # Image by image, each image's detections still best first (the sort key is exact).
-    position = torch.arange(keep.shape[0], device=keep.device)
-    keep = keep[torch.argsort(batch_index[keep] * (keep.shape[0] + 1) + position)]
-    return [boxes[keep], scores[keep], labels[keep], batch_index[keep]]
+    if min_size < 0:
+        return torch.ones_like(boxes[:, 0], dtype=torch.bool)
+    return (boxes[:, 2] - boxes[:, 0] > min_size) & (boxes[:, 3] - boxes[:, 1] > min_size)
+
+
+def roi_detections(rois: Tensor, cls_score: Tensor, bbox_pred: Tensor, bbox_coder,
+                   image_shape: Tuple[int, int], num_images: int, test_cfg) -> List[Tensor]:
+    """Detections from a box head's outputs on RoIs (``BBoxHead.predict_by_feat``, with
+    class-specific regression, softmax scores, then mmdet's ``multiclass_nms``).
+
+    Args:
+        rois (Tensor): (M, 5) RoIs: batch index, then xyxy.
+        cls_score (Tensor): (M, C + 1) class logits, background last.
+        bbox_pred (Tensor): (M, 4 * C) class-specific box regressions.
+        bbox_coder (DeltaXYWHBBoxCoder): The box head's coder.
+        image_shape (tuple): (H, W) of the input, where boxes are clipped.
+        num_images (int): Images in the batch.
+        test_cfg: The RoI head's ``test_cfg`` (score_thr, nms, max_per_img).
+
+    Returns:
+        list[Tensor]: ``select_detections``' outputs.
+    """
+    classes = cls_score.shape[1] - 1
+    # The RoI count is data-dependent: ``delta2bbox`` returns early on no boxes, a branch the
+    # exporter cannot trace (the RPN always proposes: its sigmoid scores are all positive), and
+    # without an upper bound the exporter writes C * 2**63 into an int64 constant.
+    torch._check(rois.shape[0] > 0)
+    torch._check(rois.shape[0] < 2**32)
+    scores = cls_score.softmax(-1)[:, :-1].flatten()
+    # Row r * C + c: RoI r, class c (``expand``, not ``repeat_interleave``: the exporter cannot
+    # write the bounds the latter puts on a data-dependent size).
+    num_rois = rois.shape[0]
+    boxes = decode_boxes(bbox_coder, rois[:, None, 1:].expand(num_rois, classes, 4).reshape(-1, 4),
+                         bbox_pred.reshape(-1, 4), image_shape)
+    labels = torch.arange(classes, device=rois.device)[None].expand(num_rois, classes).flatten()
+    batch_index = rois[:, 0].long()[:, None].expand(num_rois, classes).flatten()
+    return select_detections(boxes, scores, labels, batch_index,
+                             scores > test_cfg['score_thr'], labels, classes, num_images,
+                             test_cfg['nms']['iou_threshold'], test_cfg['max_per_img'])

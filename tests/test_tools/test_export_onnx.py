@@ -1,6 +1,7 @@
 """tools/deployment/export_onnx.py and cbam_mmdet.deployment: exported graphs run in onnxruntime
 and compute what PyTorch computes (CBAM options, a dynamic backbone at two sizes, a StairNet-CBAM
-detector end to end), and what cannot be exported is refused with nothing written."""
+and a Faster R-CNN CBAM detector end to end), and what cannot be exported is refused with
+nothing written."""
 import glob
 import importlib.util
 import os
@@ -103,17 +104,31 @@ def test_backbone_parity_at_two_sizes_through_one_dynamic_file(tmp_path):
         assert relative_difference(a, e) < FEATURE_RTOL
 
 
-def test_stairnet_cbam_detector_end_to_end(synthetic, tmp_path):
-    out = str(tmp_path / 'stairnet_cbam.onnx')
-    checks = export_tool.main([STAIRNET_CBAM, '--out', out, '--dynamic', '--threads', '2',
-                               '--image', *voc_images(synthetic)])
-    assert [(c['batch'], c['shape']) for c in checks] == [(2, (300, 300)), (1, (300, 300))]
+def assert_same_detections(checks):
     for check in checks:
         diff = check['differences']
         assert diff['detections'] > 0, 'nothing detected: the comparison would prove nothing'
         assert diff['exported'] == diff['detections'] and diff['unmatched'] == 0
         assert diff['box'] <= 1e-3 and diff['score'] <= 1e-4
+
+
+def test_stairnet_cbam_detector_end_to_end(synthetic, tmp_path):
+    out = str(tmp_path / 'stairnet_cbam.onnx')
+    checks = export_tool.main([STAIRNET_CBAM, '--out', out, '--dynamic', '--threads', '2',
+                               '--image', *voc_images(synthetic)])
+    assert [(c['batch'], c['shape']) for c in checks] == [(2, (300, 300)), (1, (300, 300))]
+    assert_same_detections(checks)
     assert osp.isfile(out)
+
+
+def test_faster_rcnn_cbam_detector_end_to_end(synthetic, tmp_path):
+    out = str(tmp_path / 'faster_rcnn_cbam.onnx')
+    checks = export_tool.main([DEMO_CONFIG, '--out', out, '--shape', '96', '128', '--threads',
+                               '2', '--image', *voc_images(synthetic)])
+    assert [(c['batch'], c['shape']) for c in checks] == [(1, (96, 128))]
+    assert_same_detections(checks)
+    names = [o.name for o in onnx_session(out).get_outputs()]
+    assert names == ['boxes', 'scores', 'labels', 'batch_index']
 
 
 def refusal(argv, capsys):
@@ -123,7 +138,8 @@ def refusal(argv, capsys):
 
 
 @pytest.mark.parametrize('extra, message', [
-    (['--part', 'detector'], 'RoI stage'),
+    (['--cfg-options', 'model.roi_head.bbox_roi_extractor.roi_layer.pool_mode=max'],
+     "pool_mode 'max' (only RoIAlign 'avg')"),
     (['--shape', '100', '96'], 'multiples of'),
     (['--opset', '17'], 'opset 18'),
 ])

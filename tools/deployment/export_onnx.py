@@ -39,13 +39,18 @@ from mmengine.dataset import pseudo_collate
 
 import cbam_mmdet  # noqa: F401 - registers the components
 from cbam_mmdet.deployment import (BackboneGraph, ExportError, FeatureGraph, SSDDetectionGraph,
-                                   detection_differences, detections_match, export_onnx,
-                                   onnx_session, relative_difference, run_onnx)
+                                   TwoStageDetectionGraph, detection_differences,
+                                   detections_match, export_onnx, onnx_session,
+                                   relative_difference, run_onnx)
 from cbam_mmdet.deployment.onnx_export import DEFAULT_OPSET
 from cbam_mmdet.deployment.parity import BOX_RTOL, FEATURE_RTOL, SCORE_ATOL
 from cbam_mmdet.utils.pretrained import CheckpointError, read_checkpoint
+from mmcv.ops import RoIAlign
 from mmdet.apis import init_detector
-from mmdet.models.dense_heads import SSDHead
+from mmdet.models.dense_heads import RPNHead, SSDHead
+from mmdet.models.roi_heads import StandardRoIHead
+from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
+from mmdet.models.task_modules.coders import DeltaXYWHBBoxCoder
 from mmdet.utils import get_test_pipeline_cfg
 
 PARTS = ('detector', 'features', 'backbone')
@@ -98,24 +103,41 @@ def load_model(args) -> torch.nn.Module:
     """The detector in eval mode: the checkpoint's weights, else :func:`signal_keeping_init`."""
     cfg = Config.fromfile(args.config)
     cfg.merge_from_dict(args.cfg_options)
+    torch.manual_seed(0)  # the same random model on every call without checkpoint
     model = init_detector(cfg, args.checkpoint, device='cpu')
     if args.checkpoint is None:
-        signal_keeping_init(model)
+        signal_keeping_init(model, args)
     return model.eval()
 
 
 @torch.no_grad()
-def signal_keeping_init(model: torch.nn.Module, seed: int = 0) -> None:
-    """Kaiming-normal (fan_in) weights for every conv, so that features keep their scale.
+def signal_keeping_init(model: torch.nn.Module, args) -> None:
+    """Random weights whose features and scores keep their scale (no checkpoint given).
 
-    With PyTorch's default init the features of deep random networks (MobileNet's 27 convs)
-    fade to almost nothing, and a detector's scores become equal over whole levels: the check
-    would compare ties. The checkpoint-free export is for checking the export itself.
+    With PyTorch's default init the features of deep random networks fade (MobileNet's 27
+    convs) or grow (residual stages), and a detector's scores become equal (uniform softmax,
+    saturated sigmoid) over whole levels: the check would compare ties. So every conv gets
+    Kaiming-normal (fan_in) weights and every BatchNorm the running statistics of its input
+    on the check's images (a cumulative average over one forward of backbone and neck).
     """
-    torch.manual_seed(seed)
     for module in model.modules():
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight, mode='fan_in', nonlinearity='relu')
+    divisor = pad_divisor(model)
+    shape = tuple(args.shape) if args.shape else pipeline_shape(
+        get_test_pipeline_cfg(model.cfg.copy()), divisor)
+    data = model.data_preprocessor(load_batch(model, shape, args.image, 2), False)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = {norm: norm.momentum for norm in norms}
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+        norm.train()
+    model.extract_feat(data['inputs'])
+    for norm, momentum in momenta.items():
+        norm.momentum = momentum
+    model.eval()
 
 
 def pad_divisor(model) -> int:
@@ -196,20 +218,20 @@ def choose_graph(model, part: str, shape: Tuple[int, int]):
         names = [f'feat{i}' for i in range(count - 2 * levels)]
         names += [f'cls{i}' for i in range(levels)] + [f'reg{i}' for i in range(levels)]
         return graph, names, not is_ssd
+    detections = ['boxes', 'scores', 'labels', 'batch_index']
     if is_ssd:
-        check_ssd_test_cfg(model.bbox_head.test_cfg)
-        return SSDDetectionGraph(model, shape), ['boxes', 'scores', 'labels', 'batch_index'], False
+        check_coders(model.bbox_head)
+        check_nms_cfg('test_cfg', model.bbox_head.test_cfg)
+        return SSDDetectionGraph(model), detections, False
     if getattr(model, 'roi_head', None) is not None:
-        raise Refusal(
-            f'{type(model).__name__}: the RoI stage (RoIAlign over the proposals, the box head, '
-            f'per-class NMS) is not exported end to end; --part features exports everything '
-            f'before it (backbone, neck, RPN maps), see docs/deployment.md')
-    raise Refusal(f'end-to-end export covers SSD-family heads (SSDHead and subclasses), not '
+        check_two_stage(model)
+        return TwoStageDetectionGraph(model), detections, True
+    raise Refusal(f'end-to-end export covers SSD-family heads and Faster R-CNN, not '
                   f'{type(getattr(model, "bbox_head", model)).__name__}: use --part features '
                   f'or --part backbone')
 
 
-def check_ssd_test_cfg(test_cfg) -> None:
+def check_nms_cfg(where: str, test_cfg) -> None:
     """Refuse test settings the graph's post-processing does not implement."""
     nms = test_cfg.get('nms') or {}
     unsupported = []
@@ -222,8 +244,48 @@ def check_ssd_test_cfg(test_cfg) -> None:
     if test_cfg.get('max_per_img') is None:
         unsupported.append('no max_per_img')
     if unsupported:
-        raise Refusal('the detector\'s test_cfg has ' + ', '.join(unsupported) + ': not '
-                      'exported (edit model.test_cfg or use --part features)')
+        raise Refusal(f'the detector\'s {where} has ' + ', '.join(unsupported) + ': not '
+                      'exported (edit the config or use --part features)')
+
+
+def check_coders(*heads) -> None:
+    for head in heads:
+        if type(head.bbox_coder) is not DeltaXYWHBBoxCoder:
+            raise Refusal(f'{type(head).__name__}: box coder {type(head.bbox_coder).__name__} is '
+                          f'not exported (only DeltaXYWHBBoxCoder)')
+
+
+def check_two_stage(model) -> None:
+    """Refuse two-stage detectors whose parts the graph does not reproduce exactly."""
+    roi_head = model.roi_head
+    extractor = getattr(roi_head, 'bbox_roi_extractor', None)
+    problems = []
+    if type(model.rpn_head) is not RPNHead:
+        problems.append(f'RPN {type(model.rpn_head).__name__} (only RPNHead)')
+    if type(roi_head) is not StandardRoIHead or roi_head.with_mask:
+        problems.append(f'RoI head {type(roi_head).__name__}'
+                        f'{" with masks" if roi_head.with_mask else ""} (only a box-only '
+                        f'StandardRoIHead)')
+    if type(extractor) is not SingleRoIExtractor:
+        problems.append(f'RoI extractor {type(extractor).__name__} (only SingleRoIExtractor)')
+    else:
+        for layer in extractor.roi_layers:
+            if type(layer) is not RoIAlign or layer.pool_mode != 'avg':
+                problems.append(f"RoI layer {type(layer).__name__} pool_mode "
+                                f"{getattr(layer, 'pool_mode', None)!r} (only RoIAlign 'avg')")
+                break
+    bbox_head = getattr(roi_head, 'bbox_head', None)
+    if bbox_head is not None and (bbox_head.reg_class_agnostic or bbox_head.custom_cls_channels
+                                  or not bbox_head.with_reg):
+        problems.append('a box head with class-agnostic or no regression, or custom class '
+                        'channels')
+    if not problems:
+        check_coders(model.rpn_head, bbox_head)
+    if problems:
+        raise Refusal('not exported end to end: ' + '; '.join(problems) + '. --part features '
+                      'exports everything before the RoI stage')
+    check_nms_cfg('test_cfg.rpn', model.rpn_head.test_cfg)
+    check_nms_cfg('test_cfg.rcnn', roi_head.test_cfg)
 
 
 def check_features(session, graph, batch: dict) -> Dict[str, float]:
@@ -273,7 +335,7 @@ def export_and_check(args, model, graph, output_names, shape, spatial_dynamic) -
         session = onnx_session(path, args.threads)
         for count, check_shape_ in checks:
             batch = load_batch(model, check_shape_, args.image, count)
-            if isinstance(graph, SSDDetectionGraph):
+            if isinstance(graph, (SSDDetectionGraph, TwoStageDetectionGraph)):
                 diff = check_detections(session, batch, model)
                 ok = detections_match(diff)
             else:

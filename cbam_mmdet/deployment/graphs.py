@@ -59,24 +59,26 @@ class BackboneGraph(nn.Module):
 
 
 class FeatureGraph(nn.Module):
-    """image -> the neck's feature maps, then the RPN's objectness and box-delta maps.
+    """image -> the neck's feature maps, then the dense head's class and box-delta maps.
 
-    For a two-stage detector this is everything before the RoI stage: the proposals follow
-    from the RPN maps with mmdet's ``RPNHead.predict_by_feat``.
+    The dense head is the RPN of a two-stage detector (this is everything before the RoI stage:
+    the proposals follow from its maps with ``RPNHead.predict_by_feat``), else the detector's
+    ``bbox_head``.
 
     Args:
-        detector (nn.Module): An mmdet two-stage detector (``extract_feat`` and ``rpn_head``).
+        detector (nn.Module): An mmdet detector with ``extract_feat`` and a dense head.
     """
 
     def __init__(self, detector: nn.Module) -> None:
         super().__init__()
         self.normalizer = InputNormalizer(detector.data_preprocessor)
         self.detector = detector
+        self.head = getattr(detector, 'rpn_head', None) or detector.bbox_head
 
     def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
         features = self.detector.extract_feat(self.normalizer(image))
-        objectness, deltas = self.detector.rpn_head(features)
-        return (*features, *objectness, *deltas)
+        cls_maps, box_maps = self.head(features)
+        return (*features, *cls_maps, *box_maps)
 
 
 def dense_outputs(head: nn.Module, cls_scores: List[Tensor], bbox_preds: List[Tensor],

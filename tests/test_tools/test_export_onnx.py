@@ -10,6 +10,7 @@ import os.path as osp
 import pytest
 import torch
 import torch.nn as nn
+from mmcv.ops import RoIAlign
 
 from cbam_mmdet.deployment import (ExportError, export_onnx, onnx_session, relative_difference,
                                    run_onnx)
@@ -90,7 +91,8 @@ def test_backbone_parity_at_two_sizes_through_one_dynamic_file(tmp_path):
     assert [(c['batch'], c['shape']) for c in checks] == [(2, (64, 96)), (1, (128, 128))]
     assert all(c['ok'] for c in checks)
     # Independently: the file against the backbone with the fast path off, a third size.
-    model = export_tool.load_model(export_tool.parse_args([DEMO_CONFIG, '--out', out]))
+    model = export_tool.load_model(
+        export_tool.parse_args([DEMO_CONFIG, '--out', out, '--shape', '64', '96']))
     for module in model.backbone.modules():
         if isinstance(module, CBAM):
             module.fused = False
@@ -163,13 +165,14 @@ def test_refuses_unsupported_nms_and_bad_arguments(tmp_path, capsys):
 
 def test_failed_export_leaves_no_file(tmp_path):
 
-    class Untraceable(nn.Module):
+    class MmcvRoIAlign(nn.Module):
+        """mmcv's C++ RoIAlign: opaque to torch.export (no fake kernel)."""
 
         def forward(self, x):
-            return torch.from_numpy(x.numpy() * 2)
+            return RoIAlign(2, 1.0)(x, x.new_tensor([[0, 0, 0, 3, 3]]))
 
-    with pytest.raises(ExportError, match='torch.onnx.export failed for Untraceable'):
-        export_onnx(Untraceable(), torch.ones(2, 3), str(tmp_path / 'u.onnx'), ['out'])
+    with pytest.raises(ExportError, match='torch.onnx.export failed for MmcvRoIAlign'):
+        export_onnx(MmcvRoIAlign(), torch.ones(1, 2, 6, 6), str(tmp_path / 'u.onnx'), ['out'])
     assert no_files_left(tmp_path)
 
 

@@ -115,10 +115,11 @@ def signal_keeping_init(model: torch.nn.Module, args) -> None:
     """Random weights whose features and scores keep their scale (no checkpoint given).
 
     With PyTorch's default init the features of deep random networks fade (MobileNet's 27
-    convs) or grow (residual stages), and a detector's scores become equal (uniform softmax,
-    saturated sigmoid) over whole levels: the check would compare ties. So every conv gets
-    Kaiming-normal (fan_in) weights and every BatchNorm the running statistics of its input
-    on the check's images (a cumulative average over one forward of backbone and neck).
+    convs), and a detector's scores become equal (uniform softmax, or a saturated sigmoid where
+    residual stages grow them) over whole levels: the check would compare ties. So every conv
+    gets Kaiming-normal (fan_in) weights, and the dense heads' predictors LeCun-normal weights
+    divided by the RMS of their input on the check's images, and zero biases (logits of about
+    unit scale).
     """
     for module in model.modules():
         if isinstance(module, torch.nn.Conv2d):
@@ -127,17 +128,36 @@ def signal_keeping_init(model: torch.nn.Module, args) -> None:
     shape = tuple(args.shape) if args.shape else pipeline_shape(
         get_test_pipeline_cfg(model.cfg.copy()), divisor)
     data = model.data_preprocessor(load_batch(model, shape, args.image, 2), False)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = {norm: norm.momentum for norm in norms}
-    model.eval()
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-        norm.train()
-    model.extract_feat(data['inputs'])
-    for norm, momentum in momenta.items():
-        norm.momentum = momentum
-    model.eval()
+    feats = model.extract_feat(data['inputs'])
+    rms = {}
+    hooks = [layer.register_forward_pre_hook(
+        lambda layer, inputs: rms.__setitem__(layer, inputs[0].pow(2).mean().sqrt()))
+             for layer in predictors(model)]
+    for head in dense_heads(model):
+        head(feats)
+    for hook in hooks:
+        hook.remove()
+    for layer, scale in rms.items():
+        torch.nn.init.kaiming_normal_(layer.weight, mode='fan_in', nonlinearity='linear')
+        layer.weight /= scale.clamp(min=1e-3)
+        torch.nn.init.zeros_(layer.bias)
+
+
+def dense_heads(model) -> List[torch.nn.Module]:
+    """The detector's SSD heads and RPNs."""
+    return [head for head in (getattr(model, 'bbox_head', None), getattr(model, 'rpn_head', None))
+            if isinstance(head, (SSDHead, RPNHead))]
+
+
+def predictors(model) -> List[torch.nn.Module]:
+    """The layers whose outputs are the dense heads' class logits and box deltas."""
+    layers = []
+    for head in dense_heads(model):
+        if isinstance(head, SSDHead):
+            layers += [tower[-1] for tower in (*head.cls_convs, *head.reg_convs)]
+        else:
+            layers += [head.rpn_cls, head.rpn_reg]
+    return layers
 
 
 def pad_divisor(model) -> int:

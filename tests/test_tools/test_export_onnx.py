@@ -18,7 +18,6 @@ from cbam_mmdet.deployment.parity import FEATURE_RTOL
 from cbam_mmdet.models import CBAM
 from conftest import DEMO_CONFIG, REPO_ROOT, TOOLS
 
-pytest.importorskip('onnxruntime')
 spec = importlib.util.spec_from_file_location(
     'export_onnx_tool', osp.join(TOOLS, 'deployment', 'export_onnx.py'))
 export_tool = importlib.util.module_from_spec(spec)

@@ -15,7 +15,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from mmdet.models.dense_heads import SSDHead
-from .postprocess import dense_detections, roi_detections
+from .postprocess import check_roi_count, dense_detections, roi_detections
 
 
 class InputNormalizer(nn.Module):
@@ -172,6 +172,7 @@ class TwoStageDetectionGraph(nn.Module):
                                                     image_shape, rpn.test_cfg,
                                                     nms_per_level=True)
         rois = torch.cat([batch_index[:, None].to(boxes), boxes], 1)
+        check_roi_count(rois)
         extractor = roi_head.bbox_roi_extractor
         roi_feats = roi_features(extractor, feats[:extractor.num_inputs], rois)
         if roi_head.with_shared_head:

@@ -172,6 +172,15 @@ def min_size_mask(boxes: Tensor, test_cfg) -> Tensor:
     return (boxes[:, 2] - boxes[:, 0] > min_size) & (boxes[:, 3] - boxes[:, 1] > min_size)
 
 
+def check_roi_count(rois: Tensor) -> None:
+    """Bounds for the data-dependent RoI count, for the exporter: at least one (the RPN always
+    proposes, its sigmoid scores being positive), which the early returns on no boxes
+    (``delta2bbox``, convolutions) need to be traced; and below 2**32, without which the
+    exporter writes sizes like C * 2**63 into int64 constants."""
+    torch._check(rois.shape[0] > 0)
+    torch._check(rois.shape[0] < 2**32)
+
+
 def roi_detections(rois: Tensor, cls_score: Tensor, bbox_pred: Tensor, bbox_coder,
                    image_shape: Tuple[int, int], num_images: int, test_cfg) -> List[Tensor]:
     """Detections from a box head's outputs on RoIs (``BBoxHead.predict_by_feat``, with
@@ -190,11 +199,6 @@ def roi_detections(rois: Tensor, cls_score: Tensor, bbox_pred: Tensor, bbox_code
         list[Tensor]: ``select_detections``' outputs.
     """
     classes = cls_score.shape[1] - 1
-    # The RoI count is data-dependent: ``delta2bbox`` returns early on no boxes, a branch the
-    # exporter cannot trace (the RPN always proposes: its sigmoid scores are all positive), and
-    # without an upper bound the exporter writes C * 2**63 into an int64 constant.
-    torch._check(rois.shape[0] > 0)
-    torch._check(rois.shape[0] < 2**32)
     scores = cls_score.softmax(-1)[:, :-1].flatten()
     # Row r * C + c: RoI r, class c (``expand``, not ``repeat_interleave``: the exporter cannot
     # write the bounds the latter puts on a data-dependent size).

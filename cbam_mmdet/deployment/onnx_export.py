@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-# The exporter builds opset 18 graphs and converts them; below 18 it cannot express Resize,
-# reductions with axes inputs, and others in the form it emits.
+# torch 2.13's exporter translates to opset 18 (onnxscript's torchlib) and converts upwards;
+# earlier opsets are refused rather than left to a down-conversion not checked here.
 MIN_OPSET = 18
 DEFAULT_OPSET = 18
 

@@ -1,4 +1,5 @@
 """ResNet backbones with CBAM in every residual block (paper Fig. 3)."""
+from functools import partial
 from typing import Iterable, Optional, Sequence
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
-from ..layers.cbam import CBAM
+from ..layers import CBAM
 
 from ...utils.pretrained import check_pretrained_resnet
 
@@ -21,27 +22,18 @@ def residual_tail(block: nn.Module, conv: nn.Module, norm: nn.Module, x: Tensor,
                   plugin_names: Sequence[str], identity: Tensor) -> Tensor:
     """The end of a residual block: ``block.relu(plugins(norm(conv(x))) + identity)``.
 
-    A CBAM right after the norm runs the norm inside its fused function
-    (``CBAM.forward_after_norm``), so the block keeps no normalised map for backward. In
-    inference it writes its output over the conv's output, a temporary of the block (as the
-    blocks' in-place ReLUs do), unless a forward hook may keep it; and when it is the last plugin
-    and the ReLU is a plain unhooked ``nn.ReLU``, it adds the identity and applies the ReLU in its
-    own last pass over the map.
+    A CBAM right after the norm computes the whole end (``CBAM.block_end``: the norm inside its
+    fused call, so the block keeps no normalised map for backward, and in inference its output
+    over the conv's, and the shortcut and ReLU in its last pass where the rules allow).
     """
     out = conv(x)
     first = getattr(block, plugin_names[0]) if plugin_names else None
     if isinstance(first, CBAM):
-        global_hooks = (nn.modules.module._global_forward_hooks
-                        or nn.modules.module._global_forward_pre_hooks)
-        private = not (conv._forward_hooks or global_hooks)
-        relu = block.relu
-        if (len(plugin_names) == 1 and type(relu) is nn.ReLU and not global_hooks
-                and not (relu._forward_hooks or relu._forward_pre_hooks)):
-            return first.forward_after_norm(norm, out, overwrite_input=private, shortcut=identity)
-        out = block.forward_plugin(first.forward_after_norm(norm, out, overwrite_input=private),
-                                   plugin_names[1:])
-    else:
-        out = block.forward_plugin(norm(out), plugin_names)
+        rest = None
+        if len(plugin_names) > 1:
+            rest = partial(block.forward_plugin, plugin_names=plugin_names[1:])
+        return first.block_end(norm, out, identity, block.relu, conv=conv, rest=rest)
+    out = block.forward_plugin(norm(out), plugin_names)
     out += identity
     return block.relu(out)
 

@@ -4,7 +4,8 @@
 arrangement with the 'pool' spatial descriptor, optionally preceded by the block's BatchNorm) for
 the gates in their default form (MLP Linear-ReLU-Linear; k x k conv, then BatchNorm or nothing,
 then sigmoid). Every pass over the feature map reads the *norm's input* x; the normalised map
-z = x * scale + shift and y = z * Mc are recomputed where needed and never stored.
+z = (x - center) * scale + shift (center: the norm's mean rounded, so that no digits cancel at a
+large mean offset) and y = z * Mc are recomputed where needed and never stored.
 
 * Forward, 3 reads and 1 write (plain BN: 2 and 1): (1) per-plane mean, squared deviations,
   max and min of x give the BN batch statistics (two passes over each plane while it is in
@@ -80,9 +81,9 @@ class Gates(ctypes.Structure):
 
 class Saved(ctypes.Structure):
     """``Saved``: the small tensors forward keeps for backward (all null in inference)."""
-    _fields_ = _pointers('plane_mean', 'mean', 'invstd', 'spatial_stats', 'scale', 'shift', 'desc',
-                         'hid', 'mc', 'smax', 'smean', 'pre', 'ms', 'pixel_of_max',
-                         'channel_of_max')
+    _fields_ = _pointers('plane_mean', 'mean', 'invstd', 'spatial_stats', 'center', 'scale',
+                         'shift', 'desc', 'hid', 'mc', 'smax', 'smean', 'pre', 'ms',
+                         'pixel_of_max', 'channel_of_max')
 
 
 # The parameters the kernels read, by their ``Gates`` and ``Grads`` names.
@@ -141,7 +142,8 @@ def _saved_buffers(inp: Tensor, gates: Gates) -> Dict[str, Tensor]:
     return dict(
         plane_mean=torch.empty(n, c, **f64), mean=torch.empty(c, **f64),
         invstd=torch.empty(c, **f64), spatial_stats=torch.empty(2, **f64),
-        scale=inp.new_empty(c), shift=inp.new_empty(c), desc=inp.new_empty(pools, n, c),
+        center=inp.new_empty(c), scale=inp.new_empty(c), shift=inp.new_empty(c),
+        desc=inp.new_empty(pools, n, c),
         hid=inp.new_empty(pools, n, gates.hidden), mc=inp.new_empty(n, c),
         smax=inp.new_empty(n, h * w), smean=inp.new_empty(n, h * w), pre=inp.new_empty(n, h * w),
         ms=inp.new_empty(n, h * w), pixel_of_max=torch.empty(n, c, **i64),

@@ -180,10 +180,10 @@ class FusedCBAMFunction(torch.autograd.Function):
         spatial_params = call.gate_params[num_channel:]
         x = inp
         if norm is not None:  # recompute the normalised map instead of having stored it
-            scale = invstd * call.norm_weight
-            shift = call.norm_bias - mean * scale
-            x = torch.addcmul(shift[:, None, None].to(inp.dtype), inp,
-                              scale[:, None, None].to(inp.dtype))
+            # Around the mean, as BatchNorm computes it: no digits cancel at a large offset.
+            scale = (invstd * call.norm_weight)[:, None, None].to(inp.dtype)
+            x = torch.sub(inp, mean[:, None, None].to(inp.dtype))
+            x = torch.addcmul(call.norm_bias[:, None, None].to(inp.dtype), x, scale, out=x)
         n, c, h, w = x.shape
         flat = x.reshape(n, c, h * w)
         # One full-size buffer, allocated like x (contiguous or channels_last) so that flat

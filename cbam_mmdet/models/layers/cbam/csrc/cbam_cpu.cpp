@@ -2,7 +2,8 @@
 // design (what is read, recomputed and saved) is in cpp_impl.py's docstring.
 //
 // Tensors are contiguous NCHW, T is float or double.  Every pass reads the block's input x and
-// recomputes F = x * scale[c] + shift[c] (the normalised map) and F' = F * Mc on the fly.  Names
+// recomputes F = (x - center[c]) * scale[c] + shift[c] (the normalised map; center is the norm's
+// mean rounded to T, so no digits cancel at a large mean offset) and F' = F * Mc on the fly.  Names
 // follow the paper: Mc the channel attention of F (Eq. 2), Ms the spatial attention of F' (Eq. 3),
 // F'' = Ms * F' the output (Eq. 1).
 //
@@ -110,7 +111,7 @@ struct Gates {  // sizes; parameters and buffers of the norm before CBAM and of 
 
 struct Saved {  // what forward keeps for backward; all null in inference
   double *plane_mean, *mean, *invstd, *spatial_stats;
-  void *scale, *shift, *desc, *hid, *mc, *smax, *smean, *pre, *ms;
+  void *center, *scale, *shift, *desc, *hid, *mc, *smax, *smean, *pre, *ms;
   i64 *pixel_of_max, *channel_of_max;
 };
 
@@ -168,12 +169,13 @@ struct Buffer {
 template <typename T>
 struct State {
   Buffer<double> plane_mean, mean, invstd, spatial_stats;
-  Buffer<T> scale, shift, desc, hid, mc, smax, smean, pre, ms;
+  Buffer<T> center, scale, shift, desc, hid, mc, smax, smean, pre, ms;
   i64 *pixel_of_max, *channel_of_max;  // null in inference
 
   State(const Saved& s, const Block<T>& b)
       : plane_mean(s.plane_mean, b.n * b.c), mean(s.mean, b.c), invstd(s.invstd, b.c),
-        spatial_stats(s.spatial_stats, 2), scale(s.scale, b.c), shift(s.shift, b.c),
+        spatial_stats(s.spatial_stats, 2), center(s.center, b.c), scale(s.scale, b.c),
+        shift(s.shift, b.c),
         desc(s.desc, b.pools * b.n * b.c), hid(s.hid, b.pools * b.n * b.hidden),
         mc(s.mc, b.n * b.c), smax(s.smax, b.n * b.hw), smean(s.smean, b.n * b.hw),
         pre(s.pre, b.n * b.hw), ms(s.ms, b.n * b.hw), pixel_of_max(s.pixel_of_max),
@@ -239,12 +241,13 @@ void plane_statistics(const T* x, i64 planes, i64 c, i64 hw, const T* sign, doub
   }
 }
 
-// Pass 2, per pixel (n, p) of F' = (x * scale + shift) * Mc: max over channels, its first
-// channel (with kIndex) and the mean over channels.  Two channels per step halve the
+// Pass 2, per pixel (n, p) of F' = ((x - center) * scale + shift) * Mc: max over channels, its
+// first channel (with kIndex) and the mean over channels.  Two channels per step halve the
 // accumulators' traffic.
 template <typename T, bool kIndex>
-void channel_pool_impl(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T* shift,
-                       const T* mc, T* max_out, T* mean_out, i64* argmax, int threads) {
+void channel_pool_impl(const T* x, i64 n, i64 c, i64 hw, const T* center, const T* scale,
+                       const T* shift, const T* mc, T* max_out, T* mean_out, i64* argmax,
+                       int threads) {
   const Split sp(n, c, hw, threads);
   const i64 parts = sp.jobs(n) * sp.tile;
   std::vector<T> part_max(parts), part_sum(parts);
@@ -258,11 +261,11 @@ void channel_pool_impl(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T
     const T* xb = x + b * c * hw + p0;
     const T* mcb = mc + b * c;
     {
-      const T s = scale[c0], t = shift[c0], m = mcb[c0];
+      const T s = scale[c0], t = shift[c0], m = mcb[c0], cen = center[c0];
       const T* row = xb + c0 * hw;
 #pragma omp simd
       for (i64 i = 0; i < len; ++i) {
-        const T y = (row[i] * s + t) * m;
+        const T y = ((row[i] - cen) * s + t) * m;
         hi[i] = y;
         acc[i] = y;
         if (kIndex) at[i] = static_cast<int32_t>(c0);
@@ -272,12 +275,12 @@ void channel_pool_impl(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T
     for (; ch + 1 < c1; ch += 2) {
       const T* row0 = xb + ch * hw;
       const T* row1 = row0 + hw;
-      const T s0 = scale[ch], t0 = shift[ch], m0 = mcb[ch];
-      const T s1 = scale[ch + 1], t1 = shift[ch + 1], m1 = mcb[ch + 1];
+      const T s0 = scale[ch], t0 = shift[ch], m0 = mcb[ch], cen0 = center[ch];
+      const T s1 = scale[ch + 1], t1 = shift[ch + 1], m1 = mcb[ch + 1], cen1 = center[ch + 1];
       const int32_t i0 = static_cast<int32_t>(ch), i1 = i0 + 1;
 #pragma omp simd
       for (i64 i = 0; i < len; ++i) {
-        const T y0 = (row0[i] * s0 + t0) * m0, y1 = (row1[i] * s1 + t1) * m1;
+        const T y0 = ((row0[i] - cen0) * s0 + t0) * m0, y1 = ((row1[i] - cen1) * s1 + t1) * m1;
         acc[i] = (acc[i] + y0) + y1;
         T top = hi[i];
         int32_t where = kIndex ? at[i] : 0;
@@ -291,10 +294,10 @@ void channel_pool_impl(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T
     }
     for (; ch < c1; ++ch) {
       const T* row = xb + ch * hw;
-      const T s = scale[ch], t = shift[ch], m = mcb[ch];
+      const T s = scale[ch], t = shift[ch], m = mcb[ch], cen = center[ch];
 #pragma omp simd
       for (i64 i = 0; i < len; ++i) {
-        const T y = (row[i] * s + t) * m;
+        const T y = ((row[i] - cen) * s + t) * m;
         acc[i] += y;
         if (kIndex) at[i] = y > hi[i] ? static_cast<int32_t>(ch) : at[i];
         hi[i] = y > hi[i] ? y : hi[i];
@@ -325,35 +328,38 @@ void channel_pool_impl(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T
 }
 
 template <typename T>
-void channel_pool(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T* shift, const T* mc,
-                  T* max_out, T* mean_out, i64* argmax, int threads) {
+void channel_pool(const T* x, i64 n, i64 c, i64 hw, const T* center, const T* scale,
+                  const T* shift, const T* mc, T* max_out, T* mean_out, i64* argmax,
+                  int threads) {
   if (argmax != nullptr)
-    channel_pool_impl<T, true>(x, n, c, hw, scale, shift, mc, max_out, mean_out, argmax, threads);
+    channel_pool_impl<T, true>(x, n, c, hw, center, scale, shift, mc, max_out, mean_out, argmax,
+                               threads);
   else
-    channel_pool_impl<T, false>(x, n, c, hw, scale, shift, mc, max_out, mean_out, argmax,
-                                threads);
+    channel_pool_impl<T, false>(x, n, c, hw, center, scale, shift, mc, max_out, mean_out,
+                                argmax, threads);
 }
 
-// Pass 3, out = F'' = (x * scale + shift) * Mc * Ms, F' = F * Mc rounded as the eager module.
+// Pass 3, out = F'' = ((x - center) * scale + shift) * Mc * Ms.
 // With a shortcut (inference), the end of the residual block instead: relu(out + shortcut).
 template <typename T>
-void apply_gates(const T* x, i64 n, i64 c, i64 hw, const T* scale, const T* shift, const T* mc,
+void apply_gates(const T* x, i64 n, i64 c, i64 hw, const T* center, const T* scale,
+                 const T* shift, const T* mc,
                  const T* ms, const T* shortcut, T* out, int threads) {
 #pragma omp parallel for num_threads(team(n * c * hw, threads)) schedule(static)
   for (i64 q = 0; q < n * c; ++q) {
     const i64 b = q / c, ch = q % c;
-    const T s = scale[ch], t = shift[ch], m = mc[q];
+    const T s = scale[ch], t = shift[ch], m = mc[q], cen = center[ch];
     const T* xp = x + q * hw;
     const T* msb = ms + b * hw;
     T* op = out + q * hw;
     if (shortcut == nullptr) {
 #pragma omp simd
-      for (i64 i = 0; i < hw; ++i) op[i] = ((xp[i] * s + t) * m) * msb[i];
+      for (i64 i = 0; i < hw; ++i) op[i] = (((xp[i] - cen) * s + t) * m) * msb[i];
     } else {
       const T* sp = shortcut + q * hw;
 #pragma omp simd
       for (i64 i = 0; i < hw; ++i) {
-        const T sum = ((xp[i] * s + t) * m) * msb[i] + sp[i];
+        const T sum = (((xp[i] - cen) * s + t) * m) * msb[i] + sp[i];
         op[i] = sum < T(0) ? T(0) : sum;  // NaN passes, as torch.relu
       }
     }
@@ -388,7 +394,7 @@ void grad_ms_and_plane_sums(const T* g, const T* x, i64 n, i64 c, i64 hw, const 
       T gms = 0, gmsx = 0;  // at most kTile terms
 #pragma omp simd reduction(+ : gms, gmsx)
       for (i64 i = 0; i < len; ++i) {
-        const T y = (xp[i] * s + t) * m;
+        const T y = ((xp[i] - cen) * s + t) * m;
         acc[i] += gp[i] * y;
         const T gm = gp[i] * msb[i];
         gms += gm;
@@ -513,8 +519,10 @@ void batch_norm_statistics(const Block<T>& blk, const double* plane_m2, State<T>
       }
       is = 1.0 / std::sqrt(var + bn.eps);
       sc = bn.weight[ch] * is;
-      sh = bn.bias[ch] - mu * sc;
     }
+    const T center = static_cast<T>(mu);
+    if (bn.mode != 0) sh = bn.bias[ch] + (center - mu) * sc;  // F at the center
+    st.center.ptr[ch] = center;
     st.mean.ptr[ch] = mu;
     st.invstd.ptr[ch] = is;
     st.scale.ptr[ch] = static_cast<T>(sc);
@@ -941,11 +949,11 @@ void forward(const T* x, const T* shortcut, T* out, const Gates& g, const Saved&
   batch_norm_statistics(blk, plane_m2.data(), st);
   channel_descriptors(blk, maxima.data(), minima.data(), argmax.data(), argmin.data(), st);
   channel_attention(blk, st);
-  channel_pool<T>(x, n, c, hw, st.scale.ptr, st.shift.ptr, st.mc.ptr, st.smax.ptr, st.smean.ptr,
-                  st.channel_of_max, blk.threads);
+  channel_pool<T>(x, n, c, hw, st.center.ptr, st.scale.ptr, st.shift.ptr, st.mc.ptr, st.smax.ptr,
+                  st.smean.ptr, st.channel_of_max, blk.threads);
   spatial_attention(blk, st);
-  apply_gates<T>(x, n, c, hw, st.scale.ptr, st.shift.ptr, st.mc.ptr, st.ms.ptr, shortcut, out,
-                 blk.threads);
+  apply_gates<T>(x, n, c, hw, st.center.ptr, st.scale.ptr, st.shift.ptr, st.mc.ptr, st.ms.ptr,
+                 shortcut, out, blk.threads);
 }
 
 template <typename T>
@@ -954,23 +962,23 @@ void backward(const T* grad, const T* x, const Gates& g, const Saved& s, const G
   const i64 n = blk.n, c = blk.c, hw = blk.hw;
   const T *scale = static_cast<const T*>(s.scale), *shift = static_cast<const T*>(s.shift),
           *mc = static_cast<const T*>(s.mc), *ms = static_cast<const T*>(s.ms);
-  std::vector<T> center(c), grad_ms(n * hw), grad_smax(n * hw), grad_mean(n * hw), ddesc;
-  for (i64 ch = 0; ch < c; ++ch) center[ch] = static_cast<T>(s.mean[ch]);
+  const T* center = static_cast<const T*>(s.center);
+  std::vector<T> grad_ms(n * hw), grad_smax(n * hw), grad_mean(n * hw), ddesc;
   std::vector<double> gms_sum(n * c), gms_x_sum(n * c), mean_x_sum(n * c);
-  grad_ms_and_plane_sums<T>(grad, x, n, c, hw, scale, shift, center.data(), mc, ms,
+  grad_ms_and_plane_sums<T>(grad, x, n, c, hw, scale, shift, center, mc, ms,
                             grad_ms.data(), gms_sum.data(), gms_x_sum.data(), blk.threads);
   spatial_attention_backward(blk, s, grad_ms.data(), grad_smax.data(), grad_mean.data(), out);
-  weighted_plane_sums<T>(x, grad_mean.data(), center.data(), n, c, hw, mean_x_sum.data(),
+  weighted_plane_sums<T>(x, grad_mean.data(), center, n, c, hw, mean_x_sum.data(),
                          blk.threads);
   PlaneGradSums sums(n * c);
   const std::vector<double> dlogit =
-      channel_attention_grad(blk, x, s, center.data(), gms_sum.data(), gms_x_sum.data(),
+      channel_attention_grad(blk, x, s, center, gms_sum.data(), gms_x_sum.data(),
                              mean_x_sum.data(), grad_mean.data(), grad_smax.data(), sums);
   channel_mlp_backward(blk, s, dlogit, out, ddesc);
   InputGradTerms<T> terms(n, c, hw);
-  batch_norm_backward(blk, x, s, center.data(), sums, ddesc, grad_smax.data(), out, terms);
+  batch_norm_backward(blk, x, s, center, sums, ddesc, grad_smax.data(), out, terms);
   if (out.input != nullptr)
-    input_gradient(grad, x, blk, ms, grad_mean.data(), center.data(), terms, s.channel_of_max,
+    input_gradient(grad, x, blk, ms, grad_mean.data(), center, terms, s.channel_of_max,
                    s.pixel_of_max, static_cast<T*>(out.input));
 }
 
@@ -1003,7 +1011,8 @@ i64 struct_layout(int which, i64* out) {
                           F(Gates, sn_momentum), F(Gates, threads));
     case 1:
       return CBAM_OFFSETS(Saved, F(Saved, plane_mean), F(Saved, mean), F(Saved, invstd),
-                          F(Saved, spatial_stats), F(Saved, scale), F(Saved, shift),
+                          F(Saved, spatial_stats), F(Saved, center), F(Saved, scale),
+                          F(Saved, shift),
                           F(Saved, desc), F(Saved, hid), F(Saved, mc), F(Saved, smax),
                           F(Saved, smean), F(Saved, pre), F(Saved, ms), F(Saved, pixel_of_max),
                           F(Saved, channel_of_max));

@@ -146,7 +146,12 @@ class CBAM(BaseModule):
         fused (bool): False is ``impl='eager'`` (the option's older name). Defaults to True.
         init_cfg (dict, optional): Initialisation config. Defaults to None, which gives the
             authors' init: Kaiming-normal (fan_out) convs, PyTorch-default MLP, and a spatial BN
-            weight of 0 so the spatial gate starts at sigmoid(0) = 0.5.
+            weight of 0 so the spatial gate starts at sigmoid(0) = 0.5. Without the spatial BN
+            (``spatial_norm_cfg=None``, which the authors did not release) the spatial conv's
+            weight and bias start at 0 for the same start: a Kaiming-initialised conv with
+            bias saturates many gate pixels at init (up to a third of layer3/4's with
+            ``kernel_size=3``), whose residual branches then barely learn. The conv's weight
+            still gets gradients (its inputs are not 0).
     """
     _abbr_ = 'cbam'  # plugin layers are named after it: ``layer1.0.cbam``, as in the authors' keys
 
@@ -230,6 +235,9 @@ class CBAM(BaseModule):
             spatial = self.spatial_gate.spatial
             if spatial.with_norm:
                 nn.init.zeros_(spatial.norm.weight)
+            else:  # Eq. 3 without BN: a zero conv starts the gate at 0.5 as well
+                nn.init.zeros_(spatial.conv.weight)
+                nn.init.zeros_(spatial.conv.bias)
             if self.spatial_gate.descriptor == 'conv':
                 nn.init.kaiming_normal_(self.spatial_gate.compress.weight, mode='fan_out')
                 nn.init.zeros_(self.spatial_gate.compress.bias)

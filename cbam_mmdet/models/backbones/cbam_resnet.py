@@ -12,10 +12,12 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
 from ..layers import CBAM
+from ..layers.cbam import AUTHORS_SPATIAL_NORM
 
 from ...utils.pretrained import check_pretrained_resnet
 
 DEFAULT_CBAM_CFG = dict(type='CBAM')
+RESNET_NORM_CFG = dict(type='BN', requires_grad=True)  # mmdet ResNet's default
 
 
 def residual_tail(block: nn.Module, conv: nn.Module, norm: nn.Module, x: Tensor,
@@ -154,10 +156,35 @@ def mmdet_scope_if_unset():
         None if DefaultScope.get_current_instance() else 'mmdet')
 
 
-def cbam_plugin(block: type, cbam_cfg: ConfigType, stages: Optional[Sequence[bool]] = None) -> dict:
-    """An mmdet ResNet plugin entry that puts ``cbam_cfg`` after the last norm of ``block``."""
+# Norm types whose statistics are synchronised across processes (torch's and mmcv's).
+SYNC_NORMS = ('SyncBN', 'MMSyncBN')
+
+
+def spatial_norm_following(cbam_cfg: ConfigType, norm_cfg: Optional[ConfigType]) -> ConfigType:
+    """``cbam_cfg`` with CBAM's spatial norm following the backbone's ``norm_cfg``.
+
+    A synchronised BatchNorm (``SyncBN``, ``MMSyncBN``) is followed, keeping the authors'
+    momentum 0.01 and eps 1e-5: in multi-process training each spatial gate then normalises with
+    the whole batch's statistics, as its block's norms do. Any other norm (GN, BN) leaves the
+    authors' BatchNorm: it normalises one channel over N x H x W values, so even one image per
+    process gives it thousands of values (the small-batch problem GN solves does not arise), and
+    it keeps the authors' weights loadable. A ``spatial_norm_cfg`` in ``cbam_cfg`` always wins.
+    """
+    norm_type = norm_cfg.get('type') if isinstance(norm_cfg, dict) else None
+    if (norm_type not in SYNC_NORMS or not isinstance(cbam_cfg, dict)
+            or cbam_cfg.get('type') not in ('CBAM', CBAM) or 'spatial_norm_cfg' in cbam_cfg):
+        return cbam_cfg
+    return dict(cbam_cfg, spatial_norm_cfg=dict(AUTHORS_SPATIAL_NORM, type=norm_type))
+
+
+def cbam_plugin(block: type,
+                cbam_cfg: ConfigType,
+                stages: Optional[Sequence[bool]] = None,
+                norm_cfg: Optional[ConfigType] = None) -> dict:
+    """An mmdet ResNet plugin entry that puts ``cbam_cfg`` after the last norm of ``block``
+    (its spatial norm following ``norm_cfg``: ``spatial_norm_following``)."""
     position = 'after_conv3' if issubclass(block, Bottleneck) else 'after_conv2'
-    plugin = dict(cfg=cbam_cfg, position=position)
+    plugin = dict(cfg=spatial_norm_following(cbam_cfg, norm_cfg), position=position)
     if stages is not None:
         plugin['stages'] = tuple(stages)
     return plugin
@@ -192,8 +219,10 @@ class CBAMBackboneMixin:
     Args:
         depth (int): Network depth, one of the keys of ``arch_settings``.
         cbam_cfg (dict, optional): Config of the attention module, built with the block's output
-            channels as ``in_channels``; None builds the plain parent. Defaults to
-            ``dict(type='CBAM')`` (the authors' configuration).
+            channels as ``in_channels``; None builds the plain parent. With a synchronised
+            ``norm_cfg`` (SyncBN, MMSyncBN) CBAM's spatial norm is synchronised too, unless
+            ``cbam_cfg`` gives ``spatial_norm_cfg`` (see ``spatial_norm_following``). Defaults
+            to ``dict(type='CBAM')`` (the authors' configuration).
         cbam_stages (Sequence[bool], optional): Which stages carry CBAM, one bool per stage.
             Defaults to None: all stages.
         start_from_parent (bool): After the weights are initialised or loaded, make every CBAM
@@ -229,7 +258,8 @@ class CBAMBackboneMixin:
         check_plugins(name, plugins, block, num_stages)
         if cbam_cfg is not None:
             check_registered(name, 'cbam_cfg', cbam_cfg)
-            plugins.append(cbam_plugin(block, cbam_cfg, cbam_stages))
+            plugins.append(cbam_plugin(block, cbam_cfg, cbam_stages,
+                                       kwargs.get('norm_cfg', RESNET_NORM_CFG)))
         with mmdet_scope_if_unset():
             super().__init__(
                 depth=depth, plugins=plugins or None, zero_init_residual=zero_init_residual,

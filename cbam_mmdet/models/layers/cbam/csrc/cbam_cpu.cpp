@@ -594,6 +594,24 @@ void channel_attention(const Block<T>& blk, State<T>& st) {
     }
 }
 
+// Pre = conv_k([smax, smean]) reads, for output row y of sample b, one input row per tap: calls
+// visit(tap, src, x0, x1) for each tap (index (channel * k + ky) * k + kx) whose input row is
+// inside the map, src[x] being the tap's input for output x in [x0, x1) (zero padding outside).
+template <typename T, typename Visit>
+void for_each_tap(const T* smax, const T* smean, i64 b, i64 y, i64 h, i64 w, i64 k, Visit visit) {
+  const i64 r = k / 2;
+  for (i64 ci = 0; ci < 2; ++ci) {
+    const T* in = (ci == 0 ? smax : smean) + b * h * w;
+    for (i64 ky = 0; ky < k; ++ky) {
+      const i64 yy = y + ky - r;
+      if (yy < 0 || yy >= h) continue;
+      for (i64 kx = 0; kx < k; ++kx)
+        visit((ci * k + ky) * k + kx, in + yy * w + kx - r, std::max<i64>(0, r - kx),
+              std::min<i64>(w, w + r - kx));
+    }
+  }
+}
+
 // Ms = sigmoid(BN(f^{k x k}([F'^s_max; F'^s_avg]))) (Eq. 3, BN as the authors', or the conv's
 // bias without it); pre (the conv's output) and the norm's statistics are kept for backward.
 template <typename T>
@@ -603,7 +621,7 @@ void spatial_attention(const Block<T>& blk, State<T>& st) {
           *bias = blk.conv_bias;
   T* pre = st.pre.ptr;
   const int threads = blk.threads;
-  const i64 r = k / 2, hw = h * w;
+  const i64 hw = h * w;
 #pragma omp parallel num_threads(team(n * h * w * 2 * k * k, threads))
   {
     std::vector<T> acc(static_cast<size_t>(w));  // at most 2 k^2 terms: T accumulation
@@ -611,20 +629,11 @@ void spatial_attention(const Block<T>& blk, State<T>& st) {
     for (i64 row = 0; row < n * h; ++row) {
       const i64 b = row / h, y = row % h;
       std::fill(acc.begin(), acc.end(), bias != nullptr ? bias[0] : T(0));
-      for (i64 ci = 0; ci < 2; ++ci) {
-        const T* in = (ci == 0 ? smax : smean) + b * hw;
-        for (i64 ky = 0; ky < k; ++ky) {
-          const i64 yy = y + ky - r;
-          if (yy < 0 || yy >= h) continue;
-          for (i64 kx = 0; kx < k; ++kx) {
-            const T wt = weight[(ci * k + ky) * k + kx];
-            const i64 x0 = std::max<i64>(0, r - kx), x1 = std::min<i64>(w, w + r - kx);
-            const T* src = in + yy * w + kx - r;
+      for_each_tap(smax, smean, b, y, h, w, k, [&](i64 tap, const T* src, i64 x0, i64 x1) {
+        const T wt = weight[tap];
 #pragma omp simd
-            for (i64 x = x0; x < x1; ++x) acc[x] += wt * src[x];
-          }
-        }
-      }
+        for (i64 x = x0; x < x1; ++x) acc[x] += wt * src[x];
+      });
       std::copy(acc.begin(), acc.end(), pre + row * w);
     }
   }
@@ -706,21 +715,12 @@ void spatial_attention_backward(const Block<T>& blk, const Saved& s, const T* gr
       const i64 b = row / h, y = row % h;
       const double* d = dpre.data() + row * w;
       // dL/dweight: this output row against the input rows it read.
-      for (i64 ci = 0; ci < 2; ++ci) {
-        const T* in = (ci == 0 ? smax : smean) + b * hw;
-        for (i64 ky = 0; ky < k; ++ky) {
-          const i64 yy = y + ky - r;
-          if (yy < 0 || yy >= h) continue;
-          for (i64 kx = 0; kx < k; ++kx) {
-            const i64 x0 = std::max<i64>(0, r - kx), x1 = std::min<i64>(w, w + r - kx);
-            const T* src = in + yy * w + kx - r;
-            double s = 0;
-#pragma omp simd reduction(+ : s)
-            for (i64 x = x0; x < x1; ++x) s += d[x] * src[x];
-            mine[(ci * k + ky) * k + kx] += s;
-          }
-        }
-      }
+      for_each_tap(smax, smean, b, y, h, w, k, [&](i64 tap, const T* src, i64 x0, i64 x1) {
+        double sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (i64 x = x0; x < x1; ++x) sum += d[x] * src[x];
+        mine[tap] += sum;
+      });
       // dL/dinput for this input row: the output rows that read it.
       std::fill(acc0.begin(), acc0.end(), 0.0);
       std::fill(acc1.begin(), acc1.end(), 0.0);

@@ -4,7 +4,7 @@
                                    [--reps 7] [--iters 3] [--out-dir work_dirs/benchmark_cbam]
 
 Module: one CBAM (256 channels, 2x256x96x128): the fused default (``fused``: the native C++
-kernels on CPU), the same with ``CBAM_MMDET_NATIVE=0`` (``fused_torch``: the PyTorch-ops fused
+kernels on CPU), the same with ``use_impl('torch')`` (``fused_torch``: the PyTorch-ops fused
 function, which GPUs run), ``CBAM(fused=False)`` (``eager``, the reference: the authors' layout op
 by op, max pooling as their ``max_pool2d``/``torch.max``) and the pre-issue eager module
 (``eager_amax``: ``amax`` pooling, which splits the gradient among tied maxima).
@@ -32,15 +32,15 @@ import os.path as osp
 import platform
 import statistics
 import time
-from contextlib import contextmanager
 from typing import Callable, Dict, List
 
 import torch
 import torch.nn as nn
 from mmengine.logging import MMLogger
 
-from cbam_mmdet.models.backbones.cbam_resnet import CBAMResNet, mmdet_scope_if_unset
-from cbam_mmdet.models.layers.cbam import CBAM
+from cbam_mmdet.models.backbones.cbam_resnet import CBAMResNet
+from cbam_mmdet.models.utils import mmdet_scope_if_unset
+from cbam_mmdet.models.layers import CBAM, use_impl
 from cbam_mmdet.runtime.memory import saved_tensor_bytes
 from mmdet.models.backbones import ResNet
 
@@ -89,29 +89,16 @@ class AmaxCBAM(nn.Module):
         return x * torch.sigmoid(self.cbam.spatial_gate.spatial(desc))
 
 
-@contextmanager
-def native_kernels_disabled():
-    previous = os.environ.get('CBAM_MMDET_NATIVE')
-    os.environ['CBAM_MMDET_NATIVE'] = '0'
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ['CBAM_MMDET_NATIVE']
-        else:
-            os.environ['CBAM_MMDET_NATIVE'] = previous
-
-
 class TorchOpsPath(nn.Module):
-    """``model`` with ``CBAM_MMDET_NATIVE=0``: its CBAMs run the PyTorch-ops fused function
-    (the path is chosen in forward; backward follows it)."""
+    """``model`` with its CBAMs on the PyTorch-ops fused implementation (``use_impl('torch')``
+    around forward; backward follows the path forward chose)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, x):
-        with native_kernels_disabled():
+        with use_impl('torch'):
             return self.model(x)
 
 

@@ -1,10 +1,10 @@
 """tools/benchmark_cbam.py at tiny sizes: table, JSON and plot content (no timing checks)."""
 import json
-import os
 
 import pytest
 import torch
 
+from cbam_mmdet.models.layers import get_impl, record_choices
 from conftest import load_tool
 
 benchmark_cbam = load_tool('benchmark_cbam')
@@ -55,13 +55,15 @@ def test_table_and_plot(tiny_run, capsys):
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
-def test_variants_take_their_paths(monkeypatch):
-    """'fused' runs the native kernels, 'fused_torch' the PyTorch-ops function; the switch is
+def test_variants_take_their_paths():
+    """'fused' runs the C++ kernels, 'fused_torch' the PyTorch-ops function; the switch is
     undone after each forward."""
-    monkeypatch.delenv('CBAM_MMDET_NATIVE', raising=False)
     variants = benchmark_cbam.build_module_variants(16)
     x = torch.randn(2, 16, 5, 6, requires_grad=True)
-    paths = {name: type(variants[name](x).grad_fn).__name__ for name in ('fused', 'fused_torch')}
-    assert paths == dict(fused='NativeCBAMFunctionBackward',
-                         fused_torch='FusedCBAMFunctionBackward')
-    assert 'CBAM_MMDET_NATIVE' not in os.environ
+    before, paths = get_impl(), {}
+    for name in ('fused', 'fused_torch', 'eager'):
+        with record_choices() as choices:
+            variants[name](x)
+        paths[name] = [choice.impl for choice in choices]
+    assert paths == dict(fused=['cpp'], fused_torch=['torch'], eager=['eager'])
+    assert get_impl() == before

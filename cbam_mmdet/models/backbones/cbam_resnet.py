@@ -1,4 +1,5 @@
 """ResNet backbones with CBAM in every residual block (paper Fig. 3)."""
+from functools import partial
 from typing import Iterable, Optional, Sequence, Union
 
 import torch
@@ -10,9 +11,10 @@ from mmdet.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from mmdet.models.backbones.resnext import ResNeXt
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
-from ..layers.cbam import CBAM
-from ..utils import (DEFAULT_CBAM_CFG, cbam_plugin, check_plugin_names, check_plugin_positions,
-                     check_plugins, check_registered, mmdet_scope_if_unset)
+from ..layers import CBAM
+from ..utils import (DEFAULT_CBAM_CFG, RESNET_NORM_CFG, cbam_plugin, check_plugin_names,
+                     check_plugin_positions, check_plugins, check_registered,
+                     mmdet_scope_if_unset)
 from .resnet_checkpoints import (check_pretrained_resnet, check_start_from_parent,
                                  resolve_start_from_parent)
 
@@ -21,27 +23,18 @@ def residual_tail(block: nn.Module, conv: nn.Module, norm: nn.Module, x: Tensor,
                   plugin_names: Sequence[str], identity: Tensor) -> Tensor:
     """The end of a residual block: ``block.relu(plugins(norm(conv(x))) + identity)``.
 
-    A CBAM right after the norm runs the norm inside its fused function
-    (``CBAM.forward_after_norm``), so the block keeps no normalised map for backward. In
-    inference it writes its output over the conv's output, a temporary of the block (as the
-    blocks' in-place ReLUs do), unless a forward hook may keep it; and when it is the last plugin
-    and the ReLU is a plain unhooked ``nn.ReLU``, it adds the identity and applies the ReLU in its
-    own last pass over the map.
+    A CBAM right after the norm computes the whole end (``CBAM.block_end``: the norm inside its
+    fused call, so the block keeps no normalised map for backward, and in inference its output
+    over the conv's, and the shortcut and ReLU in its last pass where the rules allow).
     """
     out = conv(x)
     first = getattr(block, plugin_names[0]) if plugin_names else None
     if isinstance(first, CBAM):
-        global_hooks = (nn.modules.module._global_forward_hooks
-                        or nn.modules.module._global_forward_pre_hooks)
-        private = not (conv._forward_hooks or global_hooks)
-        relu = block.relu
-        if (len(plugin_names) == 1 and type(relu) is nn.ReLU and not global_hooks
-                and not (relu._forward_hooks or relu._forward_pre_hooks)):
-            return first.forward_after_norm(norm, out, overwrite_input=private, shortcut=identity)
-        out = block.forward_plugin(first.forward_after_norm(norm, out, overwrite_input=private),
-                                   plugin_names[1:])
-    else:
-        out = block.forward_plugin(norm(out), plugin_names)
+        rest = None
+        if len(plugin_names) > 1:
+            rest = partial(block.forward_plugin, plugin_names=plugin_names[1:])
+        return first.block_end(norm, out, identity, block.relu, conv=conv, rest=rest)
+    out = block.forward_plugin(norm(out), plugin_names)
     out += identity
     return block.relu(out)
 
@@ -136,8 +129,10 @@ class CBAMBackboneMixin:
     Args:
         depth (int): Network depth, one of the keys of ``arch_settings``.
         cbam_cfg (dict, optional): Config of the attention module, built with the block's output
-            channels as ``in_channels``; None builds the plain parent. Defaults to
-            ``dict(type='CBAM')`` (the authors' configuration).
+            channels as ``in_channels``; None builds the plain parent. With a synchronised
+            ``norm_cfg`` (SyncBN, MMSyncBN) CBAM's spatial norm is synchronised too, unless
+            ``cbam_cfg`` gives ``spatial_norm_cfg`` (see ``spatial_norm_following``). Defaults
+            to ``dict(type='CBAM')`` (the authors' configuration).
         cbam_stages (Sequence[bool], optional): Which stages carry CBAM, one bool per stage.
             Defaults to None: all stages.
         start_from_parent (bool or str): True: after the weights are initialised or loaded,
@@ -181,7 +176,8 @@ class CBAMBackboneMixin:
         sources = [f'plugins[{i}]' for i in range(len(plugins))]
         if cbam_cfg is not None:
             check_registered(name, 'cbam_cfg', cbam_cfg)
-            plugins.append(cbam_plugin(block, cbam_cfg, cbam_stages))
+            plugins.append(cbam_plugin(block, cbam_cfg, cbam_stages,
+                                       kwargs.get('norm_cfg', RESNET_NORM_CFG)))
             sources.append('cbam_cfg')
         check_plugin_names(name, plugins, num_stages, sources)
         with mmdet_scope_if_unset():

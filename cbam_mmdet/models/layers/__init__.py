@@ -1,3 +1,7 @@
-from .cbam import CBAM, ChannelGate, SpatialGate
+from .cbam import (CBAM, IMPLS, ChannelGate, SpatialGate, get_impl, record_choices, set_impl,
+                   use_impl)
 
-__all__ = ['CBAM', 'ChannelGate', 'SpatialGate']
+__all__ = [
+    'CBAM', 'ChannelGate', 'SpatialGate', 'IMPLS', 'get_impl', 'record_choices', 'set_impl',
+    'use_impl'
+]

@@ -13,6 +13,7 @@ from mmengine.registry import DefaultScope, Registry
 from mmdet.models.backbones.resnet import Bottleneck
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
+from ..layers.cbam import AUTHORS_SPATIAL_NORM, CBAM
 
 DEFAULT_CBAM_CFG = dict(type='CBAM')
 ATTENTION_MODULES = ("Attention modules here: 'CBAM' (cbam_mmdet), 'ContextBlock', "
@@ -131,10 +132,37 @@ def mmdet_scope_if_unset():
         None if DefaultScope.get_current_instance() else 'mmdet')
 
 
-def cbam_plugin(block: type, cbam_cfg: ConfigType, stages: Optional[Sequence[bool]] = None) -> dict:
-    """An mmdet ResNet plugin entry that puts ``cbam_cfg`` after the last norm of ``block``."""
+# Norm types whose statistics are synchronised across processes (torch's and mmcv's).
+SYNC_NORMS = ('SyncBN', 'MMSyncBN')
+# mmdet ResNet's default norm_cfg.
+RESNET_NORM_CFG = dict(type='BN', requires_grad=True)
+
+
+def spatial_norm_following(cbam_cfg: ConfigType, norm_cfg: Optional[ConfigType]) -> ConfigType:
+    """``cbam_cfg`` with CBAM's spatial norm following the backbone's ``norm_cfg``.
+
+    A synchronised BatchNorm (``SyncBN``, ``MMSyncBN``) is followed, keeping the authors'
+    momentum 0.01 and eps 1e-5: in multi-process training each spatial gate then normalises with
+    the whole batch's statistics, as its block's norms do. Any other norm (GN, BN) leaves the
+    authors' BatchNorm: it normalises one channel over N x H x W values, so even one image per
+    process gives it thousands of values (the small-batch problem GN solves does not arise), and
+    it keeps the authors' weights loadable. A ``spatial_norm_cfg`` in ``cbam_cfg`` always wins.
+    """
+    norm_type = norm_cfg.get('type') if isinstance(norm_cfg, dict) else None
+    if (norm_type not in SYNC_NORMS or not isinstance(cbam_cfg, dict)
+            or cbam_cfg.get('type') not in ('CBAM', CBAM) or 'spatial_norm_cfg' in cbam_cfg):
+        return cbam_cfg
+    return dict(cbam_cfg, spatial_norm_cfg=dict(AUTHORS_SPATIAL_NORM, type=norm_type))
+
+
+def cbam_plugin(block: type,
+                cbam_cfg: ConfigType,
+                stages: Optional[Sequence[bool]] = None,
+                norm_cfg: Optional[ConfigType] = None) -> dict:
+    """An mmdet ResNet plugin entry that puts ``cbam_cfg`` after the last norm of ``block``
+    (its spatial norm following ``norm_cfg``: ``spatial_norm_following``)."""
     position = 'after_conv3' if issubclass(block, Bottleneck) else 'after_conv2'
-    plugin = dict(cfg=cbam_cfg, position=position)
+    plugin = dict(cfg=spatial_norm_following(cbam_cfg, norm_cfg), position=position)
     if stages is not None:
         plugin['stages'] = tuple(stages)
     return plugin

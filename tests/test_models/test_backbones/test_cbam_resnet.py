@@ -7,6 +7,7 @@ from mmengine.runner import save_checkpoint
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from cbam_mmdet.models import CBAM, CBAMBasicBlock, CBAMResNet
+from cbam_mmdet.models.layers import record_choices
 from mmdet.models.backbones import ResNet, ResNeXt
 from mmdet.registry import MODELS
 
@@ -54,7 +55,8 @@ def test_cbam_sits_after_last_norm_before_the_addition():
         model = CBAMResNet(depth=depth)
         model.eval()
         block = next(model.blocks())
-        block.cbam.forward = lambda x: torch.zeros_like(x)
+        # A hook's return value replaces CBAM's output (hooks see the module's own call).
+        block.cbam.register_forward_hook(lambda module, args, out: torch.zeros_like(out))
         x = torch.rand(1, block.conv1.in_channels, 8, 8)
         identity = x if block.downsample is None else block.downsample(x)
         torch.testing.assert_close(block(x), torch.relu(identity))
@@ -112,15 +114,33 @@ def test_with_cp_gives_the_same_gradients(depth):
     torch.testing.assert_close(grads[0], grads[1])
 
 
-@pytest.mark.parametrize('norm_cfg,norm_type', [
-    (dict(type='GN', num_groups=32, requires_grad=True), torch.nn.GroupNorm),
-    (dict(type='SyncBN', requires_grad=True), torch.nn.SyncBatchNorm),
+@pytest.mark.parametrize('norm_cfg,norm_type,spatial_type', [
+    (dict(type='GN', num_groups=32, requires_grad=True), torch.nn.GroupNorm, torch.nn.BatchNorm2d),
+    (dict(type='SyncBN', requires_grad=True), torch.nn.SyncBatchNorm, torch.nn.SyncBatchNorm),
 ])
-def test_norm_cfg_variants(norm_cfg, norm_type):
+def test_norm_cfg_variants(norm_cfg, norm_type, spatial_type):
+    """CBAM's spatial norm is synchronised with a SyncBN backbone (the authors' momentum and
+    eps kept) and stays the authors' BN with GN; the state-dict keys do not change."""
     model = CBAMResNet(depth=50, norm_cfg=norm_cfg)
     assert isinstance(model.layer1[0].norm3, norm_type)
-    if norm_type is torch.nn.GroupNorm:
+    spatial = [block.cbam.spatial_gate.spatial.norm for block in model.blocks()]
+    assert all(isinstance(norm, spatial_type) for norm in spatial)
+    assert all((norm.momentum, norm.eps) == (0.01, 1e-5) for norm in spatial)
+    cbam_keys = [key for key in model.state_dict() if '.cbam.' in key]
+    assert cbam_keys == [key for key in CBAMResNet(depth=50).state_dict() if '.cbam.' in key]
+    # Single-process SyncBN computes BN: the spatial gates run in the PyTorch-ops implementation.
+    with record_choices() as choices:
         assert model(torch.rand(1, 3, 64, 64))[-1].shape == (1, 2048, 2, 2)
+    assert len(choices) == 16 and all(choice.impl != 'eager' for choice in choices)
+
+
+def test_spatial_norm_cfg_in_cbam_cfg_wins_over_sync_bn():
+    model = CBAMResNet(depth=18, norm_cfg=dict(type='SyncBN'),
+                       cbam_cfg=dict(type='CBAM', spatial_norm_cfg=dict(type='BN', eps=1e-3)))
+    norm = model.layer1[0].cbam.spatial_gate.spatial.norm
+    assert type(norm) is torch.nn.BatchNorm2d and norm.eps == 1e-3
+    assert CBAMResNet(depth=18, norm_cfg=dict(type='SyncBN'), cbam_cfg=dict(
+        type='CBAM', spatial_norm_cfg=None)).layer1[0].cbam.spatial_gate.spatial.with_norm is False
 
 
 def test_dcn_and_extra_plugins():

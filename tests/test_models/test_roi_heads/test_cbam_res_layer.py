@@ -33,3 +33,9 @@ def test_start_from_parent_equals_the_plain_head(tmp_path):
     plain.eval()
     x = torch.rand(2, 1024, 14, 14)
     torch.testing.assert_close(head(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_sync_bn_head_synchronises_cbam_spatial_norm():
+    head = CBAMResLayer(depth=50, norm_cfg=dict(type='SyncBN', requires_grad=True))
+    norm = head.layer4[0].cbam.spatial_gate.spatial.norm
+    assert isinstance(norm, torch.nn.SyncBatchNorm) and (norm.momentum, norm.eps) == (0.01, 1e-5)

@@ -54,7 +54,7 @@ class CBAMResLayer(ResLayer):
             blocks = ResBlocks(block, planes // 2 * block.expansion, planes, stage_blocks[stage],
                                stride=stride, dilation=dilation, style=style, with_cp=with_cp,
                                norm_cfg=self.norm_cfg, dcn=dcn,
-                               plugins=[cbam_plugin(block, cbam_cfg)])
+                               plugins=[cbam_plugin(block, cbam_cfg, norm_cfg=self.norm_cfg)])
         self.add_module(f'layer{stage + 1}', blocks)
         self.depth = depth
         self.start_from_parent = start_from_parent

@@ -1,8 +1,9 @@
-"""The fused CBAM paths compute the eager CBAM's function, gradients and BN statistics.
+"""The fused CBAM implementations compute the eager CBAM's function, gradients and BN
+statistics.
 
-Every test runs twice: with the native C++ kernels (``NativeCBAMFunction``, the CPU default)
-and with ``CBAM_MMDET_NATIVE=0`` (``FusedCBAMFunction``, PyTorch ops: GPUs, channels_last, half
-precision, machines without a compiler).
+Every test taking ``fused_impl`` runs twice: with the C++ kernels (``cpp``, the CPU default) and
+with the PyTorch-ops function (``torch``: GPUs, channels_last, half precision, machines without
+a compiler).
 """
 import copy
 
@@ -12,11 +13,17 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from cbam_mmdet.models.backbones import CBAMResNet, CBAMResNeXt
-from cbam_mmdet.models.backbones.cbam_resnet import mmdet_scope_if_unset
+from cbam_mmdet.models.utils import mmdet_scope_if_unset
 from cbam_mmdet.models.layers import CBAM
-from cbam_mmdet.models.layers.native_cbam import native_library
-from cbam_mmdet.utils.memory import saved_tensor_bytes
+from cbam_mmdet.models.layers.cbam import dispatch
+from cbam_mmdet.runtime.memory import saved_tensor_bytes
 from mmdet.models.backbones import ResNet
+
+@pytest.fixture(autouse=True)
+def each_fused_impl(fused_impl):
+    """Every test of this module runs with each fused implementation."""
+    return fused_impl
+
 
 OPTIONS = [
     dict(),
@@ -27,93 +34,35 @@ OPTIONS = [
 ]
 
 
-def make_pair(channels=16, with_norm=False, dtype=torch.float64, **kwargs):
-    """A fused CBAM (+ optional BN before it) and an eager copy with the same state."""
-    torch.manual_seed(0)
-    fused = CBAM(channels, ratio=4, **kwargs)
-    fused.init_weights()
-    for param in fused.parameters():  # every parameter non-trivial, Ms not constant
-        nn.init.normal_(param, std=0.5)
-    norm = nn.BatchNorm2d(channels) if with_norm else None
-    if norm is not None:
-        nn.init.normal_(norm.weight)
-        nn.init.normal_(norm.bias)
-    eager = CBAM(channels, ratio=4, fused=False, **kwargs)
-    eager.load_state_dict(fused.state_dict())
-    modules = [fused.to(dtype), copy.deepcopy(norm), eager.to(dtype), copy.deepcopy(norm)]
-    return [m.to(dtype) if m is not None else None for m in modules]
-
-
-def run(cbam, norm, x, grad):
-    """Output, input gradient, parameter gradients and buffers of cbam(norm(x))."""
-    x = x.detach().clone().requires_grad_()
-    out = cbam(x) if norm is None else cbam.forward_after_norm(norm, x)
-    out.backward(grad)
-    modules = [cbam] + ([norm] if norm is not None else [])
-    params = [p for m in modules for p in m.parameters()]
-    buffers = [b.clone() for m in modules for b in m.buffers()]
-    return out.detach(), x.grad, [p.grad for p in params], buffers
-
-
-def assert_same(fused_result, eager_result, rtol, atol):
-    for fused, eager in zip(fused_result[:2], eager_result[:2]):
-        torch.testing.assert_close(fused, eager, rtol=rtol, atol=atol)
-    for fused_list, eager_list in zip(fused_result[2:], eager_result[2:]):
-        assert len(fused_list) == len(eager_list)
-        for fused, eager in zip(fused_list, eager_list):
-            assert (fused is None) == (eager is None)
-            if fused is not None:
-                torch.testing.assert_close(fused, eager, rtol=rtol, atol=atol)
-
-
-@pytest.fixture(params=['native', 'torch'], autouse=True)
-def backend(request, monkeypatch):
-    """The fused path under test: 'native' (C++ kernels) or 'torch' (PyTorch ops)."""
-    if request.param == 'torch':
-        monkeypatch.setenv('CBAM_MMDET_NATIVE', '0')
-    elif native_library() is None:
-        pytest.skip('the native kernels could not be built here (see the warning)')
-    return request.param
-
-
-def fused_path(cbam, x, norm=None):
-    """Which path cbam (after norm) takes on x: 'native', 'torch' (FusedCBAMFunction) or
-    'eager' (run on copies: BN statistics)."""
-    cbam, norm = copy.deepcopy(cbam), copy.deepcopy(norm)
-    x = x.detach().clone().requires_grad_()
-    out = cbam(x) if norm is None else cbam.forward_after_norm(norm, x)
-    return {'NativeCBAMFunctionBackward': 'native', 'FusedCBAMFunctionBackward': 'torch'}.get(
-        type(out.grad_fn).__name__, 'eager')
-
-
 @pytest.mark.parametrize('options', OPTIONS)
 @pytest.mark.parametrize('with_norm', [False, True])
 @pytest.mark.parametrize('training', [True, False])
-def test_fused_equals_eager_float64(options, with_norm, training, backend):
-    fused, fused_norm, eager, eager_norm = make_pair(with_norm=with_norm, **options)
+def test_fused_equals_eager_float64(options, with_norm, training, fused_impl, cbam_pair,
+                                    run_and_trace, path_of, assert_same_results):
+    fused, fused_norm, eager, eager_norm = cbam_pair(with_norm=with_norm, **options)
     for m in (fused, fused_norm, eager, eager_norm):
         if m is not None:
             m.train(training)
     x = torch.randn(2, 16, 6, 7, dtype=torch.float64) * 2 + 0.5
     grad = torch.randn_like(x)
-    assert fused_path(fused, x, fused_norm) == backend
-    fused_result = run(fused, fused_norm, x, grad)
-    eager_result = run(eager, eager_norm, x, grad)
-    assert_same(fused_result, eager_result, rtol=1e-10, atol=1e-12)
+    assert path_of(fused, x, fused_norm) == fused_impl
+    fused_result = run_and_trace(fused, fused_norm, x, grad)[1]
+    eager_result = run_and_trace(eager, eager_norm, x, grad)[1]
+    assert_same_results(fused_result, eager_result, rtol=1e-10, atol=1e-12)
     if with_norm and training:  # statistics updated once, as by the eager norm
         assert fused_norm.num_batches_tracked.item() == 1
 
 
-def test_fused_float32_within_rounding():
+def test_fused_float32_within_rounding(cbam_pair, run_and_trace):
     """Both float32 paths are as close to a float64 run as float32 rounding allows."""
-    fused, norm, eager, eager_norm = make_pair(with_norm=True, dtype=torch.float32)
+    fused, norm, eager, eager_norm = cbam_pair(with_norm=True, dtype=torch.float32)
     ref, ref_norm = copy.deepcopy(eager).double(), copy.deepcopy(eager_norm).double()
     x = torch.randn(2, 16, 12, 10) * 3
     grad = torch.randn_like(x)
-    exact = run(ref, ref_norm, x.double(), grad.double())
+    exact = run_and_trace(ref, ref_norm, x.double(), grad.double())[1]
     errors = {}
-    for name, result in [('fused', run(fused, norm, x, grad)),
-                         ('eager', run(eager, eager_norm, x, grad))]:
+    for name, result in [('fused', run_and_trace(fused, norm, x, grad)[1]),
+                         ('eager', run_and_trace(eager, eager_norm, x, grad)[1])]:
         errors[name] = [((got.double() - want).abs().max() / want.abs().max()).item()
                         for got, want in zip(result[:2] + tuple(result[2]),
                                              exact[:2] + tuple(exact[2]))]
@@ -132,22 +81,22 @@ class NormThenCBAM(nn.Module):
 
 
 @pytest.mark.parametrize('with_norm,training', [(False, True), (True, True), (True, False)])
-def test_gradcheck_input_and_parameters(with_norm, training, backend):
-    cbam, norm, _, _ = make_pair(channels=8, with_norm=with_norm)
+def test_gradcheck_input_and_parameters(with_norm, training, fused_impl, cbam_pair, path_of):
+    cbam, norm, _, _ = cbam_pair(channels=8, with_norm=with_norm)
     model = (cbam if norm is None else NormThenCBAM(norm, cbam)).train(training)
     names = [name for name, _ in model.named_parameters()]
     x = torch.randn(2, 8, 3, 4, dtype=torch.float64, requires_grad=True)
     params = [p.detach().clone().requires_grad_() for p in model.parameters()]
-    assert fused_path(cbam, x, norm) == backend
+    assert path_of(cbam, x, norm) == fused_impl
     assert torch.autograd.gradcheck(
         lambda x, *params: functional_call(model, dict(zip(names, params)), (x, )),
         (x, *params), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
 @pytest.mark.parametrize('with_norm', [False, True])
-def test_ties_route_to_first_maximum(with_norm):
+def test_ties_route_to_first_maximum(with_norm, cbam_pair, run_and_trace, assert_same_results):
     """Post-ReLU zeros and constant maps tie in both max poolings."""
-    fused, fused_norm, eager, eager_norm = make_pair(with_norm=with_norm)
+    fused, fused_norm, eager, eager_norm = cbam_pair(with_norm=with_norm)
     x = torch.randn(2, 16, 6, 7, dtype=torch.float64).relu()
     x[:, 3] = 0  # a dead channel: every pixel ties in the spatial max pooling
     x[0, :, 2:4] = 0  # pixels where every channel is 0: ties in the channel max pooling
@@ -155,59 +104,60 @@ def test_ties_route_to_first_maximum(with_norm):
     grad = torch.randn_like(x)
     if with_norm:  # the norm's input: a constant channel stays constant after it
         x[1] = 2.0
-    assert_same(run(fused, fused_norm, x, grad), run(eager, eager_norm, x, grad), 1e-10, 1e-12)
+    assert_same_results(run_and_trace(fused, fused_norm, x, grad)[1],
+                run_and_trace(eager, eager_norm, x, grad)[1], 1e-10, 1e-12)
 
 
-def test_channels_last():
-    fused, _, eager, _ = make_pair()
+def test_channels_last(cbam_pair, run_and_trace, path_of, assert_same_results):
+    fused, _, eager, _ = cbam_pair()
     x = torch.randn(2, 16, 6, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     grad = torch.randn_like(x)
-    assert fused_path(fused, x) == 'torch'  # the native kernels read NCHW
-    fused_result = run(fused, None, x, grad)
-    assert_same(fused_result, run(eager, None, x, grad), 1e-10, 1e-12)
+    assert path_of(fused, x) == 'torch'  # the C++ kernels read NCHW
+    fused_result = run_and_trace(fused, None, x, grad)[1]
+    assert_same_results(fused_result, run_and_trace(eager, None, x, grad)[1], 1e-10, 1e-12)
     assert fused_result[0].is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
-def test_autocast_and_half_inputs(dtype):
-    fused, norm, eager, eager_norm = make_pair(with_norm=True, dtype=torch.float32)
+def test_autocast_and_half_inputs(dtype, cbam_pair, run_and_trace, path_of, assert_same_results):
+    fused, norm, eager, eager_norm = cbam_pair(with_norm=True, dtype=torch.float32)
     x = torch.randn(2, 16, 6, 7)
     grad = torch.randn_like(x)
     with torch.autocast('cpu', dtype=dtype):  # autocast: the eager ops, identical results
-        assert fused_path(fused, x, norm) == 'eager'
-        autocast_results = run(fused, norm, x, grad), run(eager, eager_norm, x, grad)
-    assert_same(*autocast_results, rtol=0, atol=0)
+        assert path_of(fused, x, norm) == 'eager'
+        autocast_results = (run_and_trace(fused, norm, x, grad)[1],
+                            run_and_trace(eager, eager_norm, x, grad)[1])
+    assert_same_results(*autocast_results, rtol=0, atol=0)
     # Half-precision modules and inputs: the fused path, close to the eager one.
-    fused, norm, eager, eager_norm = make_pair(with_norm=True, dtype=dtype)
-    assert fused_path(fused, x.to(dtype), norm) == 'torch'  # the native kernels: fp32/fp64
-    fused_out = run(fused, norm, x.to(dtype), grad.to(dtype))
-    eager_out = run(eager, eager_norm, x.to(dtype), grad.to(dtype))
+    fused, norm, eager, eager_norm = cbam_pair(with_norm=True, dtype=dtype)
+    assert path_of(fused, x.to(dtype), norm) == 'torch'  # the C++ kernels: fp32/fp64
+    fused_out = run_and_trace(fused, norm, x.to(dtype), grad.to(dtype))[1]
+    eager_out = run_and_trace(eager, eager_norm, x.to(dtype), grad.to(dtype))[1]
     assert fused_out[0].dtype == dtype
-    assert_same(fused_out, eager_out, rtol=0.05, atol=0.05)
+    assert_same_results(fused_out, eager_out, rtol=0.05, atol=0.05)
 
 
-def test_path_choice_on_torch_before_2_4(monkeypatch, backend):
+def test_path_choice_on_torch_before_2_4(monkeypatch, fused_impl, cbam_pair, path_of):
     """torch < 2.3 has no torch.compiler.is_compiling and torch < 2.4 no device argument to
     is_autocast_enabled (CPU autocast has its own flag): the fused path is chosen all the same,
     and CPU autocast still selects the eager ops."""
-    import cbam_mmdet.models.layers.cbam as cbam_module
     with monkeypatch.context() as patch:  # torch.autocast itself needs the current signature
         patch.setattr(torch, 'is_autocast_enabled', lambda: False)
-        assert not cbam_module._autocast_takes_device()
-    assert cbam_module._autocast_takes_device()
-    monkeypatch.setattr(cbam_module, 'AUTOCAST_TAKES_DEVICE', False)  # CPU flag read instead
+        assert not dispatch._autocast_takes_device()
+    assert dispatch._autocast_takes_device()
+    monkeypatch.setattr(dispatch, 'AUTOCAST_TAKES_DEVICE', False)  # CPU flag read instead
     monkeypatch.delattr(torch.compiler, 'is_compiling')
-    assert not cbam_module.is_compiling()
-    fused, norm, _, _ = make_pair(with_norm=True, dtype=torch.float32)
+    assert not dispatch.is_compiling()
+    fused, norm, _, _ = cbam_pair(with_norm=True, dtype=torch.float32)
     x = torch.randn(2, 16, 6, 7)
-    assert fused_path(fused, x, norm) == backend
+    assert path_of(fused, x, norm) == fused_impl
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        assert cbam_module.autocast_enabled('cpu')
-        assert fused_path(fused, x, norm) == 'eager'
+        assert dispatch.autocast_enabled('cpu')
+        assert path_of(fused, x, norm) == 'eager'
 
 
-def test_training_batch_of_one_value_is_refused_as_by_batch_norm():
-    fused, norm, eager, eager_norm = make_pair(with_norm=True)
+def test_training_batch_of_one_value_is_refused_as_by_batch_norm(cbam_pair):
+    fused, norm, eager, eager_norm = cbam_pair(with_norm=True)
     x = torch.randn(1, 16, 1, 1, dtype=torch.float64)
     for cbam, bn in ((eager, eager_norm), (fused, norm)):
         with pytest.raises(ValueError, match='Expected more than 1 value per channel'):
@@ -219,17 +169,17 @@ def test_training_batch_of_one_value_is_refused_as_by_batch_norm():
                                eager.forward_after_norm(eager_norm, x))
 
 
-def test_frozen_parameters_and_constant_input():
-    fused, norm, eager, eager_norm = make_pair(with_norm=True)
+def test_frozen_parameters_and_constant_input(cbam_pair, run_and_trace, assert_same_results):
+    fused, norm, eager, eager_norm = cbam_pair(with_norm=True)
     for module in (fused, norm, eager, eager_norm):
         module.requires_grad_(False)
     x = torch.randn(2, 16, 6, 7, dtype=torch.float64)
     grad = torch.randn_like(x)
-    fused_result = run(fused, norm, x, grad)
+    fused_result = run_and_trace(fused, norm, x, grad)[1]
     assert all(g is None for g in fused_result[2])
-    assert_same(fused_result, run(eager, eager_norm, x, grad), 1e-10, 1e-12)
+    assert_same_results(fused_result, run_and_trace(eager, eager_norm, x, grad)[1], 1e-10, 1e-12)
     # Trainable parameters, input without gradient (e.g. the first layer's input).
-    fused, _, eager, _ = make_pair()
+    fused, _, eager, _ = cbam_pair()
     fused_out, eager_out = fused(x), eager(x)
     (fused_out * grad).sum().backward()
     (eager_out * grad).sum().backward()
@@ -237,13 +187,13 @@ def test_frozen_parameters_and_constant_input():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
 
 
-def test_eager_fallbacks():
+def test_eager_fallbacks(path_of):
     x = torch.randn(2, 16, 6, 7)
     for options in [dict(arrangement='spatial_first'), dict(arrangement='parallel'),
                     dict(arrangement='channel'), dict(spatial_descriptor='conv')]:
         assert not CBAM(16, ratio=4, **options).fused
-    assert fused_path(CBAM(16, fused=False), x) == 'eager'
-    assert fused_path(CBAM(16), x.transpose(2, 3)) == 'eager'  # neither NCHW nor NHWC memory
+    assert path_of(CBAM(16, fused=False), x) == 'eager'
+    assert path_of(CBAM(16), x.transpose(2, 3)) == 'eager'  # neither NCHW nor NHWC memory
     cbam = CBAM(16, ratio=4)
     traced = torch.jit.trace(cbam, x)  # FLOP counters trace: they must see the eager ops
     assert 'PythonOp' not in str(traced.graph)
@@ -255,20 +205,6 @@ def test_eager_fallbacks():
     torch.testing.assert_close(seen[0], norm(x))
 
 
-def backbone_pair(cls, **kwargs):
-    with mmdet_scope_if_unset():
-        fused = cls(norm_eval=False, **kwargs)
-        eager = cls(norm_eval=False, cbam_cfg=dict(type='CBAM', fused=False), **kwargs)
-    fused.init_weights()
-    for name, param in fused.named_parameters():  # trained-like spatial gates
-        if 'spatial' in name:
-            nn.init.normal_(param, std=0.5)
-    eager.load_state_dict(fused.state_dict())
-    for model in (fused, eager):
-        model.double().train()  # mmdet's ResNet.train returns None
-    return fused, eager
-
-
 @pytest.mark.parametrize('cls,kwargs', [
     (CBAMResNet, dict(depth=18)),
     (CBAMResNet, dict(depth=18, with_cp=True)),  # non-reentrant checkpointing
@@ -276,7 +212,7 @@ def backbone_pair(cls, **kwargs):
     (CBAMResNet, dict(depth=50, with_cp=True)),
     (CBAMResNeXt, dict(depth=50, groups=4, base_width=4)),
 ])
-def test_backbone_fused_equals_eager(cls, kwargs):
+def test_backbone_fused_equals_eager(cls, kwargs, backbone_pair):
     fused, eager = backbone_pair(cls, **kwargs)
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     results = []
@@ -297,7 +233,7 @@ def test_backbone_fused_equals_eager(cls, kwargs):
         torch.testing.assert_close(buffer, results[1][3][name], rtol=1e-9, atol=1e-11, msg=name)
 
 
-def test_r50_saved_activations():
+def test_r50_saved_activations(backbone_pair):
     """Fused CBAM-R50 keeps about what plain R50 keeps for backward; eager CBAM much more."""
     fused, eager = backbone_pair(CBAMResNet, depth=50)
     with mmdet_scope_if_unset():

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from authors_reference import AuthorsCBAM, randomize_
-from cbam_mmdet.models import CBAM
+from cbam_mmdet.models import CBAM, CBAMResNet
 from mmdet.registry import MODELS
 
 ALL_OPTIONS = [
@@ -123,6 +123,25 @@ def test_authors_init_starts_spatial_gate_at_one_half():
     x = torch.randn(2, 32, 6, 6)
     logits = cbam.spatial_gate.logits(x)
     torch.testing.assert_close(torch.sigmoid(logits), torch.full_like(logits, 0.5))
+
+
+def test_init_without_spatial_norm_starts_no_gate_saturated():
+    """Eq. 3 without BN (``spatial_norm_cfg=None``): every spatial gate starts at 0.5 in a whole
+    backbone, as with the authors' BN, and its conv still learns."""
+    model = CBAMResNet(depth=18, norm_eval=False, cbam_cfg=dict(
+        type='CBAM', spatial_norm_cfg=None, kernel_size=3, arrangement='parallel'))
+    model.init_weights()
+    maps = []
+    for block in model.blocks():
+        block.cbam.register_forward_pre_hook(
+            lambda module, args: maps.append(module.attention(args[0])[1]))
+    model(torch.rand(2, 3, 64, 64))[-1].sum().backward()
+    spatial = torch.cat([m.flatten() for m in maps])
+    saturated = ((spatial < 0.01) | (spatial > 0.99)).float().mean()
+    assert len(maps) == 8 and saturated == 0
+    torch.testing.assert_close(spatial, torch.full_like(spatial, 0.5))
+    assert all(block.cbam.spatial_gate.spatial.conv.weight.grad.abs().sum() > 0
+               for block in model.blocks())
 
 
 @pytest.mark.parametrize('arrangement,gain', [('channel_first', 0.25), ('spatial_first', 0.25),

@@ -5,7 +5,7 @@ CBAM refines a feature map F (N, C, H, W) with a channel gate Mc (Eq. 2) and a s
 released with their ImageNet weights, so their checkpoints load through
 ``tools/convert_official_cbam.py``; every ablation of the paper's Tables 1-3 is one argument away.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -16,41 +16,13 @@ from torch import Tensor
 
 from mmdet.registry import MODELS
 from mmdet.utils import OptConfigType, OptMultiConfig
-from .fused_cbam import add_shortcut_relu, function_params, fused_cbam
-from .native_cbam import native_cbam, native_supported
+from . import dispatch
 
 CHANNEL_POOL_TYPES = ('avg', 'max')
 SPATIAL_DESCRIPTORS = ('pool', 'conv')
 ARRANGEMENTS = ('channel_first', 'spatial_first', 'parallel', 'channel', 'spatial')
 # The authors' spatial gate: 7x7 conv without bias, then BatchNorm2d(1, eps=1e-5, momentum=0.01).
 AUTHORS_SPATIAL_NORM = dict(type='BN', momentum=0.01, eps=1e-5)
-
-
-def _autocast_takes_device() -> bool:
-    try:
-        torch.is_autocast_enabled('cpu')
-    except TypeError:  # torch < 2.4: no device argument, CPU autocast has its own flag
-        return False
-    return True
-
-
-AUTOCAST_TAKES_DEVICE = _autocast_takes_device()
-
-
-def autocast_enabled(device_type: str) -> bool:
-    """Whether autocast is on for ``device_type``, on every supported torch."""
-    if AUTOCAST_TAKES_DEVICE:
-        return torch.is_autocast_enabled(device_type)
-    if device_type == 'cpu':
-        return torch.is_autocast_cpu_enabled()
-    return torch.is_autocast_enabled()
-
-
-def is_compiling() -> bool:
-    """Whether ``torch.compile`` is tracing (``torch.compiler.is_compiling``: torch >= 2.3)."""
-    compiler = getattr(torch, 'compiler', None)
-    return bool(compiler is not None and hasattr(compiler, 'is_compiling')
-                and compiler.is_compiling())
 
 
 def _choice_error(name: str, value, valid: Sequence) -> ValueError:
@@ -165,14 +137,21 @@ class CBAM(BaseModule):
         arrangement (str): 'channel_first' (Eq. 1), 'spatial_first', 'parallel'
             (sigmoid(Mc + Ms), Table 3), or a single gate: 'channel', 'spatial'.
             Defaults to 'channel_first'.
-        fused (bool): Compute 'channel_first' with the 'pool' descriptor through a fused
-            function (same parameters, function and gradients, faster, less memory): the C++
-            kernels of ``native_cbam.py`` on CPU, ``FusedCBAMFunction`` (``fused_cbam.py``)
-            elsewhere. False, other options, autocast and tracing use the straightforward eager
-            ops. Defaults to True.
+        impl (str): The implementation: 'auto' (a fused one where it applies: same
+            parameters, function and gradients, faster, less memory), 'eager' (the module's
+            ops one by one), 'torch' (fused, PyTorch ops) or 'cpp' (fused, C++ kernels, CPU).
+            The rules and the process-wide setting for 'auto': ``dispatch.py``. 'torch' and
+            'cpp' need the 'channel_first' arrangement and the 'pool' descriptor. Defaults to
+            'auto'.
+        fused (bool): False is ``impl='eager'`` (the option's older name). Defaults to True.
         init_cfg (dict, optional): Initialisation config. Defaults to None, which gives the
             authors' init: Kaiming-normal (fan_out) convs, PyTorch-default MLP, and a spatial BN
-            weight of 0 so the spatial gate starts at sigmoid(0) = 0.5.
+            weight of 0 so the spatial gate starts at sigmoid(0) = 0.5. Without the spatial BN
+            (``spatial_norm_cfg=None``, which the authors did not release) the spatial conv's
+            weight and bias start at 0 for the same start: a Kaiming-initialised conv with
+            bias saturates many gate pixels at init (up to a third of layer3/4's with
+            ``kernel_size=3``), whose residual branches then barely learn. The conv's weight
+            still gets gradients (its inputs are not 0).
     """
     _abbr_ = 'cbam'  # plugin layers are named after it: ``layer1.0.cbam``, as in the authors' keys
 
@@ -184,6 +163,7 @@ class CBAM(BaseModule):
                  kernel_size: int = 7,
                  spatial_norm_cfg: OptConfigType = AUTHORS_SPATIAL_NORM,
                  arrangement: str = 'channel_first',
+                 impl: str = 'auto',
                  fused: bool = True,
                  init_cfg: OptMultiConfig = None) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -191,7 +171,9 @@ class CBAM(BaseModule):
         self._check_args(in_channels, ratio, pool_types, spatial_descriptor, kernel_size,
                          arrangement)
         self.arrangement = arrangement
-        self.fused = fused and arrangement == 'channel_first' and spatial_descriptor == 'pool'
+        # The arrangement and descriptor the fused implementations compute.
+        self.fusable = arrangement == 'channel_first' and spatial_descriptor == 'pool'
+        self.impl = self._check_impl(impl, fused, self.fusable)
         self.channel_gate = None
         self.spatial_gate = None
         if arrangement != 'spatial':
@@ -221,6 +203,25 @@ class CBAM(BaseModule):
         if arrangement not in ARRANGEMENTS:
             raise _choice_error('arrangement', arrangement, ARRANGEMENTS)
 
+    @staticmethod
+    def _check_impl(impl: str, fused: bool, fusable: bool) -> str:
+        dispatch.check_impl(impl)
+        if not fused:
+            if impl not in ('auto', 'eager'):
+                raise ValueError(f'CBAM: fused=False (the eager ops) contradicts impl={impl!r}; '
+                                 f'give only impl')
+            impl = 'eager'
+        if impl in ('torch', 'cpp') and not fusable:
+            raise ValueError(f'CBAM: impl={impl!r} computes the \'channel_first\' arrangement '
+                             f'with the \'pool\' spatial descriptor only; use impl=\'auto\' or '
+                             f'\'eager\' for the other options')
+        return impl
+
+    @property
+    def fused(self) -> bool:
+        """Whether calls may take a fused implementation (see ``dispatch.py``)."""
+        return self.fusable and self.impl != 'eager'
+
     @property
     def gates(self) -> Tuple[nn.Module, ...]:
         """The gates in the order a sequential arrangement applies them."""
@@ -234,6 +235,9 @@ class CBAM(BaseModule):
             spatial = self.spatial_gate.spatial
             if spatial.with_norm:
                 nn.init.zeros_(spatial.norm.weight)
+            else:  # Eq. 3 without BN: a zero conv starts the gate at 0.5 as well
+                nn.init.zeros_(spatial.conv.weight)
+                nn.init.zeros_(spatial.conv.bias)
             if self.spatial_gate.descriptor == 'conv':
                 nn.init.kaiming_normal_(self.spatial_gate.compress.weight, mode='fan_out')
                 nn.init.zeros_(self.spatial_gate.compress.bias)
@@ -276,54 +280,56 @@ class CBAM(BaseModule):
                 spatial = att
         return channel, spatial
 
-    def _use_fused(self, x: Tensor) -> bool:
-        # Tracers, scripting and compilers (FLOP counters among them) see the eager ops.
-        dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-        return (self.fused and x.dim() == 4 and x.is_floating_point() and dense
-                and not autocast_enabled(x.device.type) and not torch.jit.is_tracing()
-                and not torch.jit.is_scripting() and not is_compiling())
-
     def forward_after_norm(self,
                            norm: nn.Module,
                            x: Tensor,
                            overwrite_input: bool = False,
                            shortcut: Optional[Tensor] = None) -> Tensor:
-        """``self(norm(x))``; a plain ``nn.BatchNorm2d`` runs inside the fused function, which
-        then keeps ``x`` (kept by the norm anyway) instead of the normalised map. With
-        ``shortcut``, the end of a residual block: ``relu(self(norm(x)) + shortcut)``.
+        """``self(norm(x))``; a plain ``nn.BatchNorm2d`` runs inside the fused call, which then
+        keeps ``x`` (kept by the norm anyway) instead of the normalised map. With ``shortcut``,
+        the end of a residual block: ``relu(self(norm(x)) + shortcut)``.
 
         Args:
             norm (nn.Module): The norm before CBAM (a block's last BN).
             x (Tensor): The norm's input, (N, C, H, W).
             overwrite_input (bool): ``x`` is a temporary nobody else reads (a block's conv
-                output): when no gradient is recorded, the C++ path writes the output into it
-                instead of a new tensor. Defaults to False.
+                output): when no gradient is recorded, the C++ implementation writes the output
+                into it instead of a new tensor. Defaults to False.
             shortcut (Tensor, optional): The block's identity branch, (N, C, H, W). When no
-                gradient is recorded, the C++ path adds it and applies the ReLU in its last pass
-                over the map instead of two more passes. Defaults to None.
+                gradient is recorded, the C++ implementation adds it and applies the ReLU in its
+                last pass over the map instead of two more passes. Defaults to None.
         """
-        fusable_norm = (type(norm) is nn.BatchNorm2d and norm.affine and norm.track_running_stats
-                        and not (norm._forward_hooks or norm._forward_pre_hooks))
-        # Hooks and a replaced ``forward`` (tools, tests) must see CBAM's own input.
-        hooked = self._forward_hooks or self._forward_pre_hooks or 'forward' in vars(self)
-        if fusable_norm and not hooked and self._use_fused(x):
-            return self._fused_forward(x, norm, overwrite_input, shortcut)
-        return add_shortcut_relu(self(norm(x)), shortcut)
+        return dispatch.forward_after_norm(self, norm, x, overwrite_input, shortcut)
 
-    def _fused_forward(self,
-                       x: Tensor,
-                       norm: Optional[nn.BatchNorm2d] = None,
-                       overwrite_input: bool = False,
-                       shortcut: Optional[Tensor] = None) -> Tensor:
-        params, needs_grad = function_params(x, self, norm)
-        if native_supported(self, x, norm, params):
-            return native_cbam(x, self, norm, params, needs_grad, overwrite_input, shortcut)
-        return add_shortcut_relu(fused_cbam(x, self, norm, params, needs_grad), shortcut)
+    def block_end(self,
+                  norm: nn.Module,
+                  x: Tensor,
+                  identity: Tensor,
+                  relu: nn.Module,
+                  conv: Optional[nn.Module] = None,
+                  rest: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+        """The end of a residual block with this CBAM after its last norm:
+        ``relu(rest(self(norm(x))) + identity)``. Whether the output overwrites ``x`` and
+        whether the addition and the ReLU run inside the fused call (hooks on ``conv``,
+        ``relu`` or every module decide): ``dispatch.py``, rule 3.
+
+        Args:
+            norm (nn.Module): The block's last norm.
+            x (Tensor): Its input, the output of ``conv``, (N, C, H, W).
+            identity (Tensor): The shortcut branch, (N, C, H, W).
+            relu (nn.Module): The block's ReLU.
+            conv (nn.Module, optional): The conv that produced ``x``, a temporary of the block.
+                Defaults to None: ``x`` is overwritten only if no global hook may hold it.
+            rest (Callable, optional): The plugins after CBAM. Defaults to None.
+        """
+        return dispatch.block_end(self, norm, x, identity, relu, conv, rest)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(N, C, H, W) -> (N, C, H, W)."""
-        if self._use_fused(x):
-            return self._fused_forward(x)
+        """(N, C, H, W) -> (N, C, H, W), by the implementation ``dispatch.py`` chooses."""
+        return dispatch.forward(self, x)
+
+    def eager_forward(self, x: Tensor) -> Tensor:
+        """The eager ops: (N, C, H, W) -> (N, C, H, W)."""
         if self.arrangement == 'parallel':
             return x * torch.sigmoid(self.channel_gate.logits(x) + self.spatial_gate.logits(x))
         for gate in self.gates:

@@ -1,4 +1,5 @@
-"""Fast CBAM: one autograd function that stores the input only and recomputes the rest.
+"""The fused CBAM as PyTorch ops: one autograd function that stores the input only and
+recomputes the rest (any device and floating dtype, any gate configuration).
 
 CBAM's arithmetic is tiny (0.16% of ResNet-50's FLOPs, paper Table 4); written op by op it is
 bound by memory traffic and by the number of full-size (N, C, H, W) tensors it writes and keeps
@@ -17,28 +18,23 @@ spatial descriptor (the authors' layout) as follows:
 * Only the input and small tensors (Mc, Ms, first-max indices) are saved. Backward recomputes
   what it needs: dL/dMs and dL/dMc are batched matrix products with g * F, the input gradient is
   two fused multiply-adds plus scatters for the max-pooling routes.
-* The gates' small sub-networks (shared MLP; k x k conv + BN) run under autograd inside the
-  function on detached descriptors, so any norm/activation config works and their BN running
+* The gates' small sub-networks (shared MLP; k x k conv + norm) run under autograd inside the
+  function on detached descriptors, so any norm/activation config works and their norms' running
   statistics are updated exactly once, as in the eager module.
 * Optionally the norm before CBAM (a residual block's last ``nn.BatchNorm2d``) runs inside the
   function: it receives the norm's input, which the norm keeps for its own backward anyway, and
   recomputes the normalised map in backward, so a CBAM block keeps no full-size tensor more than
   the plain block.
 
-On CPU, ``CBAM`` runs ``NativeCBAMFunction`` (``native_cbam.py``: the same computation in C++)
-where it applies, and this function elsewhere (GPUs, channels_last, half precision, other
-spatial norms, no compiler). ``CBAM`` uses its eager ops (the reference,
-``CBAM(..., fused=False)``) for the other
-arrangements and the 'conv' descriptor, under autocast, under tracing/scripting/``torch.compile``
-(so FLOP counters see the ops), and for inputs that are not floating point or neither NCHW- nor
-NHWC-contiguous.
+Which implementation runs where: ``dispatch.py``.
 """
-import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+from .call import FusedCall
 
 # Channel-block count for the two-step first-argmax over channels (a divisor of C is used).
 _CHANNEL_BLOCKS = (16, 8, 4, 2, 1)
@@ -79,30 +75,14 @@ def _first_argmax_spatial(x: Tensor) -> Tuple[Tensor, Tensor]:
     return row_max.amax(2), row * w + col
 
 
-def check_batch_size(norm: Optional[nn.BatchNorm2d], shape: Sequence[int]) -> None:
-    """Refuse a training batch with one value per channel, as ``F.batch_norm`` does."""
-    if norm is not None and norm.training and math.prod(shape) == shape[1]:
-        raise ValueError(f'Expected more than 1 value per channel when training, got input '
-                         f'size {list(shape)}')
-
-
-def count_batch(norm: Optional[nn.BatchNorm2d]) -> float:
-    """Count a training batch in ``norm`` as ``nn.BatchNorm2d.forward`` does and return the
-    momentum of its running statistics for this batch (0 without a norm or in evaluation)."""
-    if norm is None or not norm.training:
-        return 0.0
-    norm.num_batches_tracked.add_(1)
-    return 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
-
-
-def _batch_norm_forward(norm: nn.BatchNorm2d, z: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """``norm(z)`` as ``nn.BatchNorm2d.forward`` computes it (running statistics updated), plus
-    the per-channel mean and inverse std it normalised with."""
-    check_batch_size(norm, z.shape)
-    momentum = count_batch(norm)
-    x, mean, invstd = torch.native_batch_norm(z, norm.weight, norm.bias, norm.running_mean,
-                                              norm.running_var, norm.training, momentum,
-                                              norm.eps)
+def _batch_norm_forward(call: FusedCall) -> Tuple[Tensor, Tensor, Tensor]:
+    """The call's norm applied to its input as ``nn.BatchNorm2d.forward`` computes it (running
+    statistics updated with the call's momentum), plus the per-channel mean and inverse std it
+    normalised with."""
+    norm = call.norm
+    x, mean, invstd = torch.native_batch_norm(call.inp, call.norm_weight, call.norm_bias,
+                                              norm.running_mean, norm.running_var, norm.training,
+                                              call.norm_momentum, norm.eps)
     if not norm.training:
         mean, invstd = norm.running_mean, torch.rsqrt(norm.running_var + norm.eps)
     return x, mean, invstd
@@ -163,17 +143,17 @@ def _small_grads(output: Tensor, grad: Tensor, inputs: List[Tensor],
 
 
 class FusedCBAMFunction(torch.autograd.Function):
-    """(N, C, H, W) -> (N, C, H, W): CBAM, optionally preceded by a BatchNorm2d (see module doc).
+    """(N, C, H, W) -> (N, C, H, W): CBAM, optionally preceded by a BatchNorm2d (module doc).
 
-    ``apply(inp, cbam, norm, *params)``: ``inp`` is CBAM's input, or the norm's input when
-    ``norm`` is given; ``params`` are the norm's weight and bias (when given) followed by
-    ``cbam.parameters()``, passed so that autograd returns their gradients.
+    ``apply(inp, call, *call.params())``: the parameters are passed so that autograd returns
+    their gradients.
     """
 
     @staticmethod
-    def forward(ctx, inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d], *params):
-        x, mean, invstd = (inp, None, None) if norm is None else _batch_norm_forward(norm, inp)
-        channel_gate, spatial_gate = cbam.channel_gate, cbam.spatial_gate
+    def forward(ctx, inp: Tensor, call: FusedCall, *params):
+        norm = call.norm
+        x, mean, invstd = (inp, None, None) if norm is None else _batch_norm_forward(call)
+        channel_gate, spatial_gate = call.cbam.channel_gate, call.cbam.spatial_gate
         # The gates' small graphs keep their tensors as they are: saved-tensor hooks (e.g.
         # non-reentrant checkpointing) would rerun the whole block for each nested backward.
         with torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
@@ -182,13 +162,8 @@ class FusedCBAMFunction(torch.autograd.Function):
                 x_is_temporary=norm is not None)
         ctx.save_for_backward(inp, ca, sa, pixel_of_max, channel_of_max, mean, invstd)
         ctx.graphs = graphs
-        ctx.cbam, ctx.norm = cbam, norm
-        # The tensors used now (functional_call may swap a module's parameters only for forward).
-        num_norm = 0 if norm is None else 2
-        num_channel = len(list(channel_gate.parameters()))
-        ctx.norm_params = params[:num_norm]
-        ctx.channel_params = list(params[num_norm:num_norm + num_channel])
-        ctx.spatial_params = list(params[num_norm + num_channel:])
+        call.inp = None  # kept through autograd only (checkpointing may free it)
+        ctx.call = call
         ctx.norm_training = norm is not None and norm.training
         return out
 
@@ -197,14 +172,18 @@ class FusedCBAMFunction(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         inp, ca, sa, pixel_of_max, channel_of_max, mean, invstd = ctx.saved_tensors
         channel_att, leaves, spatial_att, smax, smean = ctx.graphs
-        cbam, norm = ctx.cbam, ctx.norm
+        call = ctx.call
+        norm = call.norm
+        # The tensors used in forward (functional_call may swap parameters only for forward).
+        num_channel = call.layout.num_channel
+        channel_params = call.gate_params[:num_channel]
+        spatial_params = call.gate_params[num_channel:]
         x = inp
         if norm is not None:  # recompute the normalised map instead of having stored it
-            norm_weight, norm_bias = ctx.norm_params
-            scale = invstd * norm_weight
-            shift = norm_bias - mean * scale
-            x = torch.addcmul(shift[:, None, None].to(inp.dtype), inp,
-                              scale[:, None, None].to(inp.dtype))
+            # Around the mean, as BatchNorm computes it: no digits cancel at a large offset.
+            scale = (invstd * call.norm_weight)[:, None, None].to(inp.dtype)
+            x = torch.sub(inp, mean[:, None, None].to(inp.dtype))
+            x = torch.addcmul(call.norm_bias[:, None, None].to(inp.dtype), x, scale, out=x)
         n, c, h, w = x.shape
         flat = x.reshape(n, c, h * w)
         # One full-size buffer, allocated like x (contiguous or channels_last) so that flat
@@ -216,7 +195,7 @@ class FusedCBAMFunction(torch.autograd.Function):
                             grad_x.transpose(1, 2))[:, 0].to(ca.dtype)
 
         (grad_smax, grad_smean), spatial_grads = _small_grads(
-            spatial_att, grad_sa.to(spatial_att.dtype), [smax, smean], ctx.spatial_params)
+            spatial_att, grad_sa.to(spatial_att.dtype), [smax, smean], spatial_params)
         grad_smax = grad_smax.reshape(n, h * w)
         # The channel mean's gradient, the same for every channel of a pixel.
         grad_mean = grad_smean.reshape(n, 1, h * w) / c
@@ -225,11 +204,11 @@ class FusedCBAMFunction(torch.autograd.Function):
         grad_ca.scatter_add_(1, channel_of_max, (grad_smax * at_max).to(ca.dtype))
 
         grad_descriptors, channel_grads = _small_grads(channel_att, grad_ca, leaves,
-                                                       ctx.channel_params)
+                                                       channel_params)
         # dL/dF = Mc * (g * Ms + dL/dmean) + pooling routes.
         grad_in = torch.addcmul(grad_mean.reshape(n, 1, h, w).to(grad.dtype), grad,
                                 sa.to(grad.dtype), out=buffer)
-        pool_types = cbam.channel_gate.pool_types
+        pool_types = call.cbam.channel_gate.pool_types
         ca4 = ca[:, :, None, None].to(grad_in.dtype)
         grad_in.mul_(ca4)  # per-channel factors: cheaper as two ops than as one addcmul
         if 'avg' in pool_types:
@@ -244,42 +223,23 @@ class FusedCBAMFunction(torch.autograd.Function):
 
         norm_grads = []
         if norm is not None:  # the norm's input gradient goes into the recomputed map's buffer
-            needed = [norm_weight.requires_grad, norm_bias.requires_grad]
-            norm_grads = [torch.empty_like(norm_weight), torch.empty_like(norm_bias)]
+            norm_weight = call.norm_weight
+            needed = [norm_weight.requires_grad, call.norm_bias.requires_grad]
+            norm_grads = [torch.empty_like(norm_weight), torch.empty_like(call.norm_bias)]
             grad_in = torch.ops.aten.native_batch_norm_backward.out(
                 grad_in, inp, norm_weight, norm.running_mean, norm.running_var, mean, invstd,
                 ctx.norm_training, norm.eps, [True, True, True], out0=x, out1=norm_grads[0],
                 out2=norm_grads[1])[0]
             norm_grads = [g if need else None for g, need in zip(norm_grads, needed)]
-        # cbam.parameters() lists the channel gate's parameters first, then the spatial gate's.
-        return (grad_in, None, None, *norm_grads, *channel_grads, *spatial_grads)
+        # One gradient per ``apply`` argument: the call's parameters in ``call.params()`` order.
+        return (grad_in, None, *norm_grads, *channel_grads, *spatial_grads)
 
 
-def function_params(inp: Tensor, cbam: nn.Module,
-                    norm: Optional[nn.BatchNorm2d]) -> Tuple[List[Tensor], bool]:
-    """The parameters a fused function takes (the norm's weight and bias when given, then
-    ``cbam.parameters()``) and whether autograd must record the call."""
-    params = list(cbam.parameters())
-    if norm is not None:
-        params = [norm.weight, norm.bias] + params
-    needs_grad = torch.is_grad_enabled() and (
-        inp.requires_grad or any(p.requires_grad for p in params))
-    return params, needs_grad
-
-
-def add_shortcut_relu(out: Tensor, shortcut: Optional[Tensor]) -> Tensor:
-    """``relu(out + shortcut)``, computed in ``out`` (a fresh output, as mmdet's blocks do), or
-    ``out`` itself without a shortcut."""
-    return out if shortcut is None else out.add_(shortcut).relu_()
-
-
-def fused_cbam(inp: Tensor, cbam: nn.Module, norm: Optional[nn.BatchNorm2d],
-               params: List[Tensor], needs_grad: bool) -> Tensor:
-    """Run ``cbam(inp)``, or ``cbam(norm(inp))`` with ``norm``, through the fused path;
-    ``params`` and ``needs_grad`` are ``function_params``'."""
-    if needs_grad:
-        return FusedCBAMFunction.apply(inp, cbam, norm, *params)
-    x = inp if norm is None else _batch_norm_forward(norm, inp)[0]
-    gate = cbam.channel_gate
-    return _cbam_forward(x, gate.mlp, gate.pool_types, cbam.spatial_gate.spatial, False,
-                         x_is_temporary=norm is not None)
+def torch_cbam(call: FusedCall) -> Tensor:
+    """The call's ``cbam(norm(inp))`` (``cbam(inp)`` without a norm) through PyTorch ops."""
+    if call.needs_grad:
+        return FusedCBAMFunction.apply(call.inp, call, *call.params())
+    x = call.inp if call.norm is None else _batch_norm_forward(call)[0]
+    gates = call.cbam
+    return _cbam_forward(x, gates.channel_gate.mlp, gates.channel_gate.pool_types,
+                         gates.spatial_gate.spatial, False, x_is_temporary=call.norm is not None)

@@ -43,7 +43,7 @@ setup(
     license='Apache-2.0',
     packages=find_packages(include=['cbam_mmdet', 'cbam_mmdet.*']),
     # The CPU kernels' source, compiled on first use (cbam_mmdet/runtime/cpp_library.py).
-    package_data={'cbam_mmdet': ['models/layers/csrc/*.cpp']},
+    package_data={'cbam_mmdet': ['models/layers/cbam/csrc/*.cpp']},
     cmdclass={'build_py': BuildPyWithMim},
     python_requires='>=3.8',
     install_requires=[

@@ -70,7 +70,7 @@ def test_wheel_ships_every_config_and_tool(wheel):
     expected = set().union(*(source_files(folder) for folder in MIM_FOLDERS))
     assert expected and expected <= shipped
     assert 'model-index.yml' in shipped and 'tools/train.py' in shipped
-    assert 'cbam_mmdet/models/layers/csrc/cbam_cpu.cpp' in names
+    assert 'cbam_mmdet/models/layers/cbam/csrc/cbam_cpu.cpp' in names
     assert not links and not [name for name in names if '__pycache__' in name]
 
 

@@ -1,19 +1,14 @@
 """tools/benchmark_onnx.py at a tiny size: both exported backbones match PyTorch, the table and
 the JSON hold every measurement (no timing checks)."""
-import importlib.util
 import json
-import os.path as osp
 import sys
 
 import torch
 
-from conftest import TOOLS
+from conftest import TOOLS, load_tool
 
 sys.path.insert(0, TOOLS)  # benchmark_onnx imports benchmark_cbam from beside it
-spec = importlib.util.spec_from_file_location('benchmark_onnx',
-                                              osp.join(TOOLS, 'benchmark_onnx.py'))
-benchmark_onnx = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(benchmark_onnx)
+benchmark_onnx = load_tool('benchmark_onnx')
 
 
 def test_tiny_run_writes_ratios_and_parity(tmp_path):

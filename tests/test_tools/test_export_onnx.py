@@ -3,7 +3,6 @@ and compute what PyTorch computes (CBAM options, a dynamic backbone at two sizes
 and a Faster R-CNN CBAM detector end to end), and what cannot be exported is refused with
 nothing written."""
 import glob
-import importlib.util
 import os
 import os.path as osp
 
@@ -16,12 +15,10 @@ from cbam_mmdet.deployment import (ExportError, export_onnx, onnx_session, relat
                                    run_onnx)
 from cbam_mmdet.deployment.parity import FEATURE_RTOL
 from cbam_mmdet.models import CBAM
-from conftest import DEMO_CONFIG, REPO_ROOT, TOOLS
+from cbam_mmdet.models.layers import use_impl
+from conftest import DEMO_CONFIG, REPO_ROOT, load_tool
 
-spec = importlib.util.spec_from_file_location(
-    'export_onnx_tool', osp.join(TOOLS, 'deployment', 'export_onnx.py'))
-export_tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(export_tool)
+export_tool = load_tool('deployment/export_onnx')
 
 STAIRNET_CBAM = osp.join(REPO_ROOT, 'configs', 'stairnet',
                          'stairnet300_mobilenetv1-cbam_250e_voc0712.py')
@@ -92,12 +89,9 @@ def test_backbone_parity_at_two_sizes_through_one_dynamic_file(tmp_path):
     # Independently: the file against the backbone with the fast path off, a third size.
     model = export_tool.load_model(
         export_tool.parse_args([DEMO_CONFIG, '--out', out, '--shape', '64', '96']))
-    for module in model.backbone.modules():
-        if isinstance(module, CBAM):
-            module.fused = False
     graph = export_tool.BackboneGraph(model).eval()
     image = torch.rand(1, 3, 96, 160) * 255
-    with torch.no_grad():
+    with torch.no_grad(), use_impl('eager'):
         expected = graph(image)
     actual = run_onnx(onnx_session(out, threads=2), image)
     assert len(actual) == len(expected) == 4

@@ -119,13 +119,6 @@ def argparse_seed(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
-    return value
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
@@ -144,16 +137,22 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='options of every run, after the sweep file\'s')
     parser.add_argument('--work-dir', help='default: work_dirs/compare/<sweep name>')
-    parser.add_argument('--jobs', type=positive_int, default=1,
+    parser.add_argument('--jobs', type=int, default=1,
                         help='runs side by side (each gets cores / jobs torch threads)')
     parser.add_argument('--resume', action='store_true',
                         help='continue the sweep in --work-dir: finished runs are kept, '
                         'interrupted ones resume from their last checkpoint')
     parser.add_argument('--confidence', type=float, default=0.95)
-    parser.add_argument('--resamples', type=positive_int, default=10000,
+    parser.add_argument('--resamples', type=int, default=10000,
                         help='bootstrap resamples')
     parser.add_argument('--progress-every', type=float, default=30.0, metavar='SECONDS')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ('jobs', 'resamples'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name} must be >= 1, got {getattr(args, name)}')
+    if not 0 < args.confidence < 1:
+        parser.error(f'--confidence must be in (0, 1), e.g. 0.95; got {args.confidence}')
+    return args
 
 
 def load_sweep_file(path: str) -> dict:

@@ -259,3 +259,13 @@ def test_sweep_file_errors_name_the_problem(tmp_path, capsys):
     assert "unknown keys ['variant']" in capsys.readouterr().err
     assert compare.main([str(tmp_path / 'absent.yaml')]) == 2
     assert 'absent.yaml' in capsys.readouterr().err
+
+
+def test_a_second_sweep_in_a_running_sweeps_dir_is_refused(tmp_path, capsys):
+    lock = compare.lock_work_dir(str(tmp_path))  # as a running compare.py holds it
+    try:
+        assert compare.main(['--configs', PLAIN_CONFIG, '--work-dir', str(tmp_path)]) == 2
+    finally:
+        lock.close()
+    assert 'another compare.py is running in' in capsys.readouterr().err
+    assert not (tmp_path / 'sweep.json').exists()

@@ -68,9 +68,6 @@ class Sweep:
     seeds: List[int]
     options: List[str] = field(default_factory=list)  # common to every run, before the variant's
 
-    def variant(self, name: str) -> Variant:
-        return next(v for v in self.variants if v.name == name)
-
 
 @dataclass
 class Run:

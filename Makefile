@@ -9,7 +9,7 @@ REQ := requirements/env.txt
 ENV_STAMP := $(VENV)/.env-ready
 MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: env test demo clean-env
+.PHONY: env test demo compare clean-env
 
 env: $(ENV_STAMP)
 
@@ -33,6 +33,16 @@ test: $(ENV_STAMP)
 # The main job: baseline vs CBAM Faster R-CNN trained and evaluated on the synthetic data.
 demo: $(ENV_STAMP)
 	$(VPY) tools/run_demo.py
+
+# A benchmark, not a test: baseline vs CBAM Faster R-CNN R18-FPN, 3 seeds each, trained and
+# evaluated on the synthetic data at demo scale: 6 demo-sized runs, about 35 min on 2 idle cores
+# (docs/compare.md). `make compare COMPARE_ARGS=--resume` continues an interrupted one.
+COMPARE_SWEEP ?= configs/demo/sweeps/cbam_vs_baseline.yaml
+COMPARE_ARGS ?=
+compare: $(ENV_STAMP)
+	@test -f data/synthetic/coco/annotations/instances_val.json || \
+		$(VPY) tools/make_synthetic_dataset.py data/synthetic
+	$(VPY) tools/analysis/compare.py $(COMPARE_SWEEP) $(COMPARE_ARGS)
 
 clean-env:
 	rm -rf $(VENV)

@@ -5,5 +5,6 @@ checkpoints (:mod:`.weights_only`), atomic file writes (:mod:`.atomic_files`), d
 (:mod:`.dataset_checks`), process ranks (:mod:`.ranks`), the C++ build cache
 (:mod:`.cpp_library`), activation memory and complexity counting (:mod:`.memory`,
 :mod:`.complexity`), the command-line plumbing of tools/train.py and tools/test.py
-(:mod:`.cli`), and what ``import cbam_mmdet`` does (:mod:`.import_effects`).
+(:mod:`.cli`), the statistics and figures of multi-seed comparisons (:mod:`.sweep_stats`,
+:mod:`.sweep_plots`), and what ``import cbam_mmdet`` does (:mod:`.import_effects`).
 """

@@ -9,7 +9,7 @@ REQ := requirements/env.txt
 ENV_STAMP := $(VENV)/.env-ready
 MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: env test demo compare clean-env
+.PHONY: env test lint demo compare clean-env
 
 env: $(ENV_STAMP)
 
@@ -29,6 +29,11 @@ $(ENV_STAMP): $(REQ) setup.py tools/check_env.py
 
 test: $(ENV_STAMP)
 	$(VPY) -m pytest tests
+
+# Style and imports as mmdet checks them (settings in setup.cfg); run by CI before the tests.
+lint: $(ENV_STAMP)
+	$(VPY) -m flake8 .
+	$(VPY) -m isort --check-only --diff .
 
 # The main job: baseline vs CBAM Faster R-CNN trained and evaluated on the synthetic data.
 demo: $(ENV_STAMP)

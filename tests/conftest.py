@@ -11,9 +11,9 @@ import torch.nn as nn
 from mmengine.registry import init_default_scope
 
 import cbam_mmdet  # noqa: F401 - registers the components
-from cbam_mmdet.models.utils import mmdet_scope_if_unset
 from cbam_mmdet.models.layers import CBAM, record_choices, use_impl
 from cbam_mmdet.models.layers.cbam import cpp_impl
+from cbam_mmdet.models.utils import mmdet_scope_if_unset
 
 # Makes ``authors_reference`` importable and keeps the 2-core machines from oversubscribing.
 sys.path.insert(0, os.path.dirname(__file__))

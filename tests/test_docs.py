@@ -15,10 +15,6 @@ import pytest
 
 from conftest import REPO_ROOT
 
-# Pages that other branches add and that the README links already; they are checked like any
-# other page once they exist. Remove an entry when its page has landed.
-PAGES_ADDED_ELSEWHERE = frozenset(
-    {'docs/compare.md', 'docs/deployment.md'})
 # Top-level folders of this repository: a code span starting with one names a path in it.
 REPO_FOLDERS = ('cbam_mmdet', 'configs', 'docs', 'requirements', 'tests', 'tools')
 LINK = re.compile(r'(?<!!)\[[^\]]*\]\(([^)\s]+)\)')
@@ -59,8 +55,6 @@ def check_links(root, page, text):
             continue
         path, _, anchor = target.partition('#')
         resolved = osp.normpath(osp.join(osp.dirname(page), path)) if path else page
-        if resolved in PAGES_ADDED_ELSEWHERE and not osp.exists(osp.join(root, resolved)):
-            continue
         full = osp.join(root, resolved)
         if not osp.exists(full):
             problems.append(f'{page}: link to {target}: {resolved} does not exist')

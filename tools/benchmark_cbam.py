@@ -39,8 +39,8 @@ import torch.nn as nn
 from mmengine.logging import MMLogger
 
 from cbam_mmdet.models.backbones.cbam_resnet import CBAMResNet
-from cbam_mmdet.models.utils import mmdet_scope_if_unset
 from cbam_mmdet.models.layers import CBAM, use_impl
+from cbam_mmdet.models.utils import mmdet_scope_if_unset
 from cbam_mmdet.runtime.memory import saved_tensor_bytes
 from mmdet.models.backbones import ResNet
 

@@ -20,8 +20,8 @@ import statistics
 import tempfile
 
 import torch
-
 from benchmark_cbam import build_backbone_variants, cpu_name, median_ratio, time_interleaved
+
 from cbam_mmdet.deployment import export_onnx, onnx_session, relative_difference, run_onnx
 from cbam_mmdet.deployment.onnx_export import DEFAULT_OPSET
 

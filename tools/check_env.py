@@ -37,9 +37,10 @@ def main() -> None:
     if keep.tolist() != [0] or pooled.shape != (1, 3, 2, 2):
         _fail('mmcv ops returned wrong results', 'rebuild mmcv as above')
 
-    import mmdet
     import mmengine
+
     import cbam_mmdet  # noqa: F401 - registers the components, applies the torch compatibility
+    import mmdet
     mmpretrain = check_classifier()
     print(f'check_env: OK  torch {torch.__version__}, torchvision {torchvision.__version__}, '
           f'mmcv {mmcv.__version__} (ops), mmengine {mmengine.__version__}, '

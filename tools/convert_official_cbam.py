@@ -23,8 +23,8 @@ from cbam_mmdet.models.backbones.resnet_checkpoints import (describe_modules, fo
                                                             has_bottlenecks, resnet_depth,
                                                             resnet_stage_blocks)
 from cbam_mmdet.runtime.atomic_files import write_atomic
-from cbam_mmdet.runtime.checkpoints import (CheckpointError, read_checkpoint,
-                                            state_dict_mismatch, state_dict_of)
+from cbam_mmdet.runtime.checkpoints import (CheckpointError, read_checkpoint, state_dict_mismatch,
+                                            state_dict_of)
 
 # The authors' CBAM names -> ours (the rest of a torchvision-style ResNet is named alike).
 KEY_RENAMES = (

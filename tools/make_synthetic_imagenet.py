@@ -31,8 +31,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_synthetic_dataset import (CLASSES, JPEG_QUALITY, add_dataset_args,  # noqa: E402
-                                    check_dataset_args, cluttered_background,
-                                    contrasting_colour, image_rng, shape_mask, write_dataset)
+                                    check_dataset_args, cluttered_background, contrasting_colour,
+                                    image_rng, shape_mask, write_dataset)
 
 
 def render_sample(rng: np.random.Generator, label: int, size: int) -> np.ndarray:

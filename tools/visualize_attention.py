@@ -43,8 +43,7 @@ import cbam_mmdet  # noqa: F401 - registers the components
 from cbam_mmdet.models import CBAM
 from cbam_mmdet.models.utils import build_hints, warn_uncovered_stages
 from cbam_mmdet.runtime.atomic_files import write_atomic
-from cbam_mmdet.runtime.checkpoints import (CheckpointError, check_checkpoint_fits,
-                                            read_checkpoint)
+from cbam_mmdet.runtime.checkpoints import CheckpointError, check_checkpoint_fits, read_checkpoint
 from mmdet.apis import init_detector
 from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
 from mmdet.utils import get_test_pipeline_cfg

@@ -11,7 +11,6 @@ from typing import List, Tuple
 import torch
 import torch.nn as nn
 from torch import Tensor
-
 from torchvision.ops import roi_align
 
 from mmdet.models.dense_heads import SSDHead

@@ -5,12 +5,11 @@ import pickle
 import pytest
 import torch
 import torch.nn as nn
+from mmengine.logging import HistoryBuffer
 from mmengine.model import BaseModel
 from mmengine.runner import Runner, load_checkpoint
 from mmengine.runner.checkpoint import _load_checkpoint
 from torch.utils.data import Dataset
-
-from mmengine.logging import HistoryBuffer
 
 from cbam_mmdet.runtime.weights_only import (NUMERIC_DTYPE_CLASSES, history_buffer_method,
                                              mmengine_checkpoint_globals)

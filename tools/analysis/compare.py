@@ -214,8 +214,8 @@ def sweep_from_args(args) -> Optional[Sweep]:
     options = list(file.get('options') or []) + list(args.cfg_options)
     name = file.get('name') or ('compare' if not args.configs else '_vs_'.join(
         v.name for v in variants))
-    return Sweep(str(name), variants, args.baseline or str(file.get('baseline') or
-                                                         variants[0].name), seeds, options)
+    baseline = args.baseline or str(file.get('baseline') or variants[0].name)
+    return Sweep(str(name), variants, baseline, seeds, options)
 
 
 def parse_options(tokens: List[str], owner: str) -> dict:

@@ -33,19 +33,18 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
+from mmcv.ops import RoIAlign
 from mmcv.transforms import Compose
 from mmengine.config import Config, DictAction
 from mmengine.dataset import pseudo_collate
 
 import cbam_mmdet  # noqa: F401 - registers the components
 from cbam_mmdet.deployment import (BackboneGraph, ExportError, FeatureGraph, SSDDetectionGraph,
-                                   TwoStageDetectionGraph, detection_differences,
-                                   detections_match, export_onnx, onnx_session,
-                                   relative_difference, run_onnx)
+                                   TwoStageDetectionGraph, detection_differences, detections_match,
+                                   export_onnx, onnx_session, relative_difference, run_onnx)
 from cbam_mmdet.deployment.onnx_export import DEFAULT_OPSET
 from cbam_mmdet.deployment.parity import BOX_RTOL, FEATURE_RTOL, SCORE_ATOL
 from cbam_mmdet.runtime.checkpoints import CheckpointError, read_checkpoint
-from mmcv.ops import RoIAlign
 from mmdet.apis import init_detector
 from mmdet.models.dense_heads import RPNHead, SSDHead
 from mmdet.models.roi_heads import StandardRoIHead

@@ -13,8 +13,7 @@ from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
 from ..layers import CBAM
 from ..utils import (DEFAULT_CBAM_CFG, RESNET_NORM_CFG, cbam_plugin, check_plugin_names,
-                     check_plugin_positions, check_plugins, check_registered,
-                     mmdet_scope_if_unset)
+                     check_plugin_positions, check_plugins, check_registered, mmdet_scope_if_unset)
 from .resnet_checkpoints import (check_pretrained_resnet, check_start_from_parent,
                                  resolve_start_from_parent)
 

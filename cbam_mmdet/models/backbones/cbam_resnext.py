@@ -1,7 +1,6 @@
 """ResNeXt backbones with CBAM in every residual block (paper Table 4)."""
 from mmdet.models.backbones.resnext import Bottleneck, ResNeXt
 from mmdet.registry import MODELS
-
 from .cbam_resnet import CBAMBackboneMixin, FusedNormBottleneckMixin
 
 

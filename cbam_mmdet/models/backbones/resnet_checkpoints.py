@@ -16,8 +16,7 @@ import torch
 import torch.nn as nn
 
 from ...runtime.checkpoints import (CheckpointError, is_local, local_pretrained_cfgs,
-                                    read_checkpoint, show_keys, state_dict_mismatch,
-                                    state_dict_of)
+                                    read_checkpoint, show_keys, state_dict_mismatch, state_dict_of)
 
 # Blocks per stage -> ResNet depth; (3, 4, 6, 3) is depth 34 with basic blocks, 50 with
 # bottlenecks (and ResNeXt shares the bottleneck depths).

@@ -69,7 +69,8 @@ def test_bad_plugins(plugin, error, expected):
 
 
 def test_resnext_names_its_own_block():
-    with pytest.raises(ValueError, match="'after_conv0' is not supported by its CBAMResNeXtBottleneck blocks"):
+    with pytest.raises(ValueError,
+                       match="'after_conv0' is not supported by its CBAMResNeXtBottleneck blocks"):
         CBAMResNeXt(depth=50, groups=32, base_width=4,
                     plugins=[dict(cfg=dict(type='CBAM'), position='after_conv0')])
 

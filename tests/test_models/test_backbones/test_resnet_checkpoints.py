@@ -6,8 +6,8 @@ import torch
 
 from authors_reference import AuthorsCBAMResNet, save_authors_checkpoint
 from cbam_mmdet.models import CBAMResNet, CBAMResNetV1d, CBAMResNeXt
-from cbam_mmdet.models.roi_heads.shared_heads.cbam_res_layer import CBAMResLayer
 from cbam_mmdet.models.backbones.resnet_checkpoints import resnet_depth, resnet_stage_blocks
+from cbam_mmdet.models.roi_heads.shared_heads.cbam_res_layer import CBAMResLayer
 from cbam_mmdet.runtime.checkpoints import CheckpointError
 from conftest import Exploit, bam_tensors
 from mmdet.models.backbones import ResNet

@@ -7,8 +7,8 @@ import torch
 
 from authors_reference import randomize_
 from cbam_mmdet.models import CBAMResNet
-from cbam_mmdet.models.roi_heads.shared_heads.cbam_res_layer import CBAMResLayer
 from cbam_mmdet.models.backbones.resnet_checkpoints import is_classifier_state
+from cbam_mmdet.models.roi_heads.shared_heads.cbam_res_layer import CBAMResLayer
 from cbam_mmdet.runtime.checkpoints import CheckpointError
 from mmdet.models.backbones import ResNet
 

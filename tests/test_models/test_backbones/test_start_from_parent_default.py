@@ -9,8 +9,7 @@ from mmengine.runner import save_checkpoint
 
 from authors_reference import randomize_
 from cbam_mmdet.models import CBAMResLayer, CBAMResNet
-from cbam_mmdet.models.backbones.resnet_checkpoints import (PLAIN, UNKNOWN,
-                                                            pretrained_weights_kind,
+from cbam_mmdet.models.backbones.resnet_checkpoints import (PLAIN, UNKNOWN, pretrained_weights_kind,
                                                             resolve_start_from_parent)
 from mmdet.models.backbones import ResNet
 from mmdet.models.roi_heads.shared_heads import ResLayer

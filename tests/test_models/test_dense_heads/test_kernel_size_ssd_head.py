@@ -10,7 +10,7 @@ ANCHORS = dict(type='SSDAnchorGenerator', scale_major=False, input_size=300,
                basesize_ratio_range=(0.2, 0.9), strides=[8, 16, 32, 64, 100, 300],
                ratios=[[2], [2, 3], [2, 3], [2, 3], [2], [2]])
 TEST_CFG = ConfigDict(nms_pre=100, nms=dict(type='nms', iou_threshold=0.45), min_bbox_size=0,
-                score_thr=0.02, max_per_img=20)
+                      score_thr=0.02, max_per_img=20)
 
 
 def build_head(**kwargs):
@@ -53,8 +53,8 @@ def test_loss_is_ssds():
         sampler=dict(type='PseudoSampler'), smoothl1_beta=1., allowed_border=-1,
         pos_weight=-1, neg_pos_ratio=3, debug=False))
     gt = InstanceData(bboxes=torch.tensor([[50., 60., 150., 200.]]), labels=torch.tensor([2]))
-    losses = head.loss_by_feat(*head(features()), [gt], [dict(img_shape=(300, 300),
-                                                           pad_shape=(300, 300))])
+    img_metas = [dict(img_shape=(300, 300), pad_shape=(300, 300))]
+    losses = head.loss_by_feat(*head(features()), [gt], img_metas)
     assert losses['loss_cls'][0] > 0 and losses['loss_bbox'][0] > 0
 
 

@@ -145,8 +145,8 @@ def test_outputs_gradients_and_attention_maps_are_finite(layout, attention, case
 @given(strides=st.lists(st.sampled_from([1, 2]), min_size=1, max_size=4),
        paddings=st.lists(st.sampled_from([0, 1]), min_size=4, max_size=4),
        last_kernel_size=st.sampled_from([1, 3, 4]))
-def test_smallest_last_source_side_is_the_smallest_ssd_accepts(strides, paddings,
-                                                                 last_kernel_size):
+def test_smallest_last_source_side_is_the_smallest_ssd_accepts(
+        strides, paddings, last_kernel_size):
     paddings = paddings[:len(strides)]
     ssd = SSDNeck((4, ), (4, ) * (len(strides) + 1), strides, paddings, l2_norm_scale=None,
                   last_kernel_size=last_kernel_size)

@@ -29,7 +29,7 @@ def test_mobilenet_ssd_anchors():
         [[0, 0, 105, 105], [0, 0, extra, extra], [0, 0, 105 * r2, 105 / r2],
          [0, 0, 105 / r2, 105 * r2], [0, 0, 105 * r3, 105 / r3], [0, 0, 105 / r3, 105 * r3]])
     anchors = generator.grid_priors([(19, 19), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)],
-                                     device='cpu')
+                                    device='cpu')
     assert [len(a) for a in anchors] == [19 * 19 * 3] + [s * s * 6 for s in (10, 5, 3, 2, 1)]
 
 

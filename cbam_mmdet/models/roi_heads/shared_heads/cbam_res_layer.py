@@ -6,7 +6,6 @@ from mmdet.models.layers import ResLayer as ResBlocks
 from mmdet.models.roi_heads.shared_heads import ResLayer
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType
-
 from ...backbones.cbam_resnet import CBAMResNet, start_blocks_as_parent
 from ...backbones.resnet_checkpoints import (check_pretrained_resnet, check_start_from_parent,
                                              resolve_start_from_parent)

@@ -13,11 +13,12 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from cbam_mmdet.models.backbones import CBAMResNet, CBAMResNeXt
-from cbam_mmdet.models.utils import mmdet_scope_if_unset
 from cbam_mmdet.models.layers import CBAM
 from cbam_mmdet.models.layers.cbam import dispatch
+from cbam_mmdet.models.utils import mmdet_scope_if_unset
 from cbam_mmdet.runtime.memory import saved_tensor_bytes
 from mmdet.models.backbones import ResNet
+
 
 @pytest.fixture(autouse=True)
 def each_fused_impl(fused_impl):
@@ -105,7 +106,7 @@ def test_ties_route_to_first_maximum(with_norm, cbam_pair, run_and_trace, assert
     if with_norm:  # the norm's input: a constant channel stays constant after it
         x[1] = 2.0
     assert_same_results(run_and_trace(fused, fused_norm, x, grad)[1],
-                run_and_trace(eager, eager_norm, x, grad)[1], 1e-10, 1e-12)
+                        run_and_trace(eager, eager_norm, x, grad)[1], 1e-10, 1e-12)
 
 
 def test_channels_last(cbam_pair, run_and_trace, path_of, assert_same_results):

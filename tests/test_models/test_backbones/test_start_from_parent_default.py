@@ -8,11 +8,10 @@ from mmengine.config import Config
 from mmengine.runner import save_checkpoint
 
 from authors_reference import randomize_
-from cbam_mmdet.models import CBAMResLayer, CBAMResNet
+from cbam_mmdet.models import CBAMResNet
 from cbam_mmdet.models.backbones.resnet_checkpoints import (PLAIN, UNKNOWN, pretrained_weights_kind,
                                                             resolve_start_from_parent)
 from mmdet.models.backbones import ResNet
-from mmdet.models.roi_heads.shared_heads import ResLayer
 from mmdet.registry import MODELS
 
 README_CONFIG = """
@@ -77,17 +76,6 @@ def test_from_scratch_keeps_the_authors_init():
     backbone.init_weights()
     # The channel MLP keeps PyTorch's default init (not reset to a constant gain).
     assert backbone.layer1[0].cbam.channel_gate.mlp[2].weight.abs().sum() > 0
-
-
-def test_c4_shared_head_with_plain_weights_starts_as_the_plain_head(tmp_path):
-    plain = randomize_(ResLayer(depth=50), seed=5)
-    path = save(plain, tmp_path / 'plain.pth')
-    head = CBAMResLayer(depth=50, init_cfg=dict(type='Pretrained', checkpoint=path))
-    head.init_weights()
-    head.eval()
-    plain.eval()
-    x = torch.rand(2, 1024, 14, 14)
-    torch.testing.assert_close(head(x), plain(x), rtol=1e-5, atol=1e-5)
 
 
 def test_model_zoos_are_plain_and_downloads_unknown():

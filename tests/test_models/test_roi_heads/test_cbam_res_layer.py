@@ -1,3 +1,4 @@
+import pytest
 import torch
 from mmengine.runner import save_checkpoint
 
@@ -22,11 +23,13 @@ def test_norm_eval_covers_cbam_bn():
     assert not head.layer4[0].cbam.spatial_gate.spatial.norm.training
 
 
-def test_start_from_parent_equals_the_plain_head(tmp_path):
+@pytest.mark.parametrize('start_from_parent', [True, 'auto'])
+def test_start_from_parent_equals_the_plain_head(tmp_path, start_from_parent):
+    """Explicitly, and by default ('auto') with plain weights."""
     plain = randomize_(ResLayer(depth=50), seed=5)
     path = str(tmp_path / 'plain.pth')
     save_checkpoint({'state_dict': plain.state_dict()}, path)
-    head = CBAMResLayer(depth=50, start_from_parent=True,
+    head = CBAMResLayer(depth=50, start_from_parent=start_from_parent,
                         init_cfg=dict(type='Pretrained', checkpoint=path))
     head.init_weights()
     head.eval()

@@ -40,7 +40,7 @@ demo: $(ENV_STAMP)
 	$(VPY) tools/run_demo.py
 
 # A benchmark, not a test: baseline vs CBAM Faster R-CNN R18-FPN, 3 seeds each, trained and
-# evaluated on the synthetic data at demo scale: 6 demo-sized runs, about 35 min on 2 idle cores
+# evaluated on the synthetic data at demo scale: 6 demo-sized runs, about 30 min on 2 idle cores
 # (docs/compare.md). `make compare COMPARE_ARGS=--resume` continues an interrupted one.
 COMPARE_SWEEP ?= configs/demo/sweeps/cbam_vs_baseline.yaml
 COMPARE_ARGS ?=

@@ -21,7 +21,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = osp.join(REPO_ROOT, 'tools')
-DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'faster-rcnn_r18-cbam_fpn_300i_synthetic.py')
+DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'faster-rcnn_r18-cbam_fpn_200i_synthetic.py')
 
 
 def load_tool(name: str):

@@ -260,7 +260,7 @@ See [a missing page](missing.md), [a missing heading](#no-such-heading),
 [a good heading](#a-heading) and [the tools](../tools/train.py). The file `tools/not_a_tool.py`.
 
 ```bash
-python tools/train.py configs/demo/faster-rcnn_r18_fpn_300i_synthetic.py --no-such-flag
+python tools/train.py configs/demo/faster-rcnn_r18_fpn_200i_synthetic.py --no-such-flag
 tools/dist_train.sh CONFIG 2 --work-dir w --another-bad-flag
 make demo no-such-target
 mim train cbam_mmdet no_such_config.py --gpus 0

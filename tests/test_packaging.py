@@ -20,7 +20,7 @@ MIM_FOLDERS = ('configs', 'tools')
 NOT_SOURCE = shutil.ignore_patterns('.venv', '.git', 'build', 'dist', '*.egg-info', '__pycache__',
                                     '*.pyc', 'work_dirs', 'data', 'checkpoints', '.pytest_cache',
                                     '.hypothesis')
-INHERITED = 'demo/faster-rcnn_r18-cbam_fpn_300i_synthetic.py'
+INHERITED = 'demo/faster-rcnn_r18-cbam_fpn_200i_synthetic.py'
 USER_CONFIG = """_base_ = '{{$CBAM_MMDET_CONFIGS:}}/%s'
 # A change of the user's own, so the run is not simply our config.
 model = dict(rpn_head=dict(feat_channels=64))

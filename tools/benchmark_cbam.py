@@ -1,7 +1,8 @@
 """Speed and memory of the fused CBAM against the eager reference and against plain ResNet-50.
 
-    python tools/benchmark_cbam.py [--device cpu] [--threads 2] [--dtypes fp32 [bf16 fp16]]
-                                   [--reps 7] [--iters 3] [--out-dir work_dirs/benchmark_cbam]
+    python tools/benchmark_cbam.py [--device cpu] [--threads 2] [--modes fp32 [amp compile]]
+                                   [--amp-dtypes bf16 [fp16]] [--reps 7] [--iters 3]
+                                   [--out-dir work_dirs/benchmark_cbam]
 
 Module: one CBAM (256 channels, 2x256x96x128): the fused default (``fused``: the native C++
 kernels on CPU), the same with ``use_impl('torch')`` (``fused_torch``: the PyTorch-ops fused
@@ -11,8 +12,14 @@ by op, max pooling as their ``max_pool2d``/``torch.max``) and the pre-issue eage
 Backbone: ``CBAMResNet`` depth 50 (fused, fused_torch, eager) against mmdet's ``ResNet`` depth 50
 at 1x3x320x448, BN in training mode (``norm_eval=False``).
 
-Modes: 'forward' (training mode, autograd recording), 'train' (forward + backward with fixed
-random output gradients), 'inference' (eval mode, no_grad). Non-fp32 dtypes run under autocast.
+Settings (``--modes``, each side of a ratio in the same one): 'fp32'; 'amp' (autocast to each of
+``--amp-dtypes``, as ``--amp`` trains; on CPU bf16 convolutions are emulated, so its times say
+nothing about GPU training, its memory does); 'compile' (each variant wrapped in
+``torch.compile``, fp32; module: fused and eager, backbone: fused and plain; its first training
+and inference step, which compile, are reported apart, and the graph breaks that
+``torch._dynamo.explain`` counts). Modes of each setting: 'forward' (training mode, autograd
+recording; not under compile), 'train' (forward + backward with fixed random output gradients),
+'inference' (eval mode, no_grad).
 Variants are timed interleaved: each repetition runs every variant ``--iters`` times (in rotated
 order) and the ratio of the per-repetition medians is taken; the reported ratio is the median over
 repetitions, so slow phases of a shared machine hit both sides of a ratio alike.
@@ -46,6 +53,9 @@ from mmdet.models.backbones import ResNet
 
 DTYPES = dict(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)
 MODES = ('forward', 'train', 'inference')
+SETTINGS = ('fp32', 'amp', 'compile')
+COMPILE_MODES = ('train', 'inference')
+COMPILED_VARIANTS = dict(module=('fused', 'eager'), backbone=('fused', 'plain'))
 
 
 def cpu_name() -> str:
@@ -61,7 +71,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=int, default=2, help='CPU threads (torch)')
-    parser.add_argument('--dtypes', nargs='+', default=['fp32'], choices=list(DTYPES))
+    parser.add_argument('--modes', nargs='+', default=['fp32'], choices=SETTINGS,
+                        help='fp32, autocast (amp) and/or torch.compile (fp32)')
+    parser.add_argument('--amp-dtypes', nargs='+', default=['bf16'], choices=['bf16', 'fp16'],
+                        help="autocast dtypes of --modes amp")
     parser.add_argument('--reps', type=int, default=7, help='interleaved repetitions')
     parser.add_argument('--iters', type=int, default=3, help='timed calls per variant and rep')
     parser.add_argument('--scopes', nargs='+', default=['module', 'backbone'],
@@ -199,12 +212,38 @@ def peak_train_bytes(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> i
     return torch.cuda.max_memory_allocated(x.device) - base
 
 
-def first_call_ms(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> float:
-    """Time of the first training step of a freshly built model (no warm-up)."""
+def first_call_ms(model: nn.Module, x: torch.Tensor, dtype: torch.dtype,
+                  mode: str = 'train') -> float:
+    """Time of the first step of ``mode`` of a model that has not run it yet (no warm-up; under
+    torch.compile this includes compiling)."""
     start = time.perf_counter()
-    make_step(model, x, 'train', dtype)()
+    make_step(model, x, mode, dtype)()
     _sync(x.device)
     return (time.perf_counter() - start) * 1e3
+
+
+def graph_breaks(model: nn.Module, x: torch.Tensor, mode: str) -> dict:
+    """What ``torch._dynamo.explain`` finds in one ``mode`` call of ``model``: graphs, graph
+    breaks and their reasons."""
+    import torch._dynamo
+    model.train(mode != 'inference')
+    with torch.set_grad_enabled(mode != 'inference'):
+        explanation = torch._dynamo.explain(model)(x)
+    torch._dynamo.reset()
+    return dict(graphs=explanation.graph_count, breaks=explanation.graph_break_count,
+                reasons=[str(reason.reason).splitlines()[0]
+                         for reason in explanation.break_reasons])
+
+
+def settings(args) -> List[tuple]:
+    """(name, dtype, compiled) of each setting ``--modes`` asks for."""
+    chosen = []
+    for setting in args.modes:
+        if setting == 'amp':
+            chosen += [(f'amp-{name}', DTYPES[name], False) for name in args.amp_dtypes]
+        else:
+            chosen.append((setting, torch.float32, setting == 'compile'))
+    return chosen
 
 
 def median_ratio(times: Dict[str, List[float]], num: str, den: str) -> float:
@@ -214,33 +253,44 @@ def median_ratio(times: Dict[str, List[float]], num: str, den: str) -> float:
 def benchmark(scope: str, variants: Dict[str, nn.Module], shape, args, device) -> List[dict]:
     reference = 'plain' if scope == 'backbone' else 'eager'
     rows = []
-    for dtype_name in args.dtypes:
-        dtype = DTYPES[dtype_name]
+    for setting, dtype, compiled in settings(args):
         x = torch.randn(*shape, device=device)
-        first = {name: first_call_ms(m, x, dtype) for name, m in variants.items()}
-        memory = {name: peak_train_bytes(m, x, dtype) for name, m in variants.items()}
-        for mode in MODES:
-            print(f'timing {scope} {dtype_name} {mode} ...', flush=True)
-            steps = {name: make_step(m, x, mode, dtype) for name, m in variants.items()}
+        models, modes, extra = variants, MODES, {}
+        if compiled:
+            models = {name: torch.compile(variants[name]) for name in COMPILED_VARIANTS[scope]}
+            modes = COMPILE_MODES
+            extra['graph_breaks'] = {name: graph_breaks(variants[name], x, 'train')
+                                     for name in models}
+            extra['first_inference_step_ms'] = {
+                name: first_call_ms(m, x, dtype, 'inference') for name, m in models.items()}
+        first = {name: first_call_ms(m, x, dtype) for name, m in models.items()}
+        # Saved-tensor hooks and compiled graphs do not mix: no memory under compile.
+        memory = None if compiled else {name: peak_train_bytes(m, x, dtype)
+                                        for name, m in models.items()}
+        for mode in modes:
+            print(f'timing {scope} {setting} {mode} ...', flush=True)
+            steps = {name: make_step(m, x, mode, dtype) for name, m in models.items()}
             times = time_interleaved(steps, device, args.reps, args.iters)
-            row = dict(scope=scope, dtype=dtype_name, mode=mode, reference=reference,
+            row = dict(scope=scope, setting=setting, mode=mode, reference=reference,
                        ms={name: statistics.median(t) for name, t in times.items()},
                        ms_per_rep=times,
                        ratio_to_reference={
                            name: median_ratio(times, name, reference)
-                           for name in variants if name != reference})
+                           for name in models if name != reference})
             if mode == 'train':
-                row['train_bytes'] = memory
-                row['memory_ratio_to_reference'] = {
-                    name: memory[name] / memory[reference] for name in variants
-                    if name != reference}
+                if memory is not None:
+                    row['train_bytes'] = memory
+                    row['memory_ratio_to_reference'] = {
+                        name: memory[name] / memory[reference] for name in models
+                        if name != reference}
                 row['first_train_step_ms'] = first
+                row.update(extra)
             rows.append(row)
     return rows
 
 
 def format_table(rows: List[dict]) -> str:
-    lines = ['| scope | dtype | mode | variant | ms | / reference | memory / reference |',
+    lines = ['| scope | setting | mode | variant | ms | / reference | memory / reference |',
              '|---|---|---|---|---|---|---|']
     for row in rows:
         ref = row['reference']
@@ -252,8 +302,27 @@ def format_table(rows: List[dict]) -> str:
                 mib = row['train_bytes'][name] / 2**20
                 memory = (f'{mib:.1f} MiB' if name == ref else
                           f"{row['memory_ratio_to_reference'][name]:.3f} ({mib:.1f} MiB)")
-            lines.append(f"| {row['scope']} | {row['dtype']} | {row['mode']} | {name} | "
+            lines.append(f"| {row['scope']} | {row['setting']} | {row['mode']} | {name} | "
                          f'{ms:.2f} | {ratio} | {memory} |')
+    return '\n'.join(lines)
+
+
+def format_first_steps(rows: List[dict]) -> str:
+    """One line per setting and scope: each variant's first training step (and, under compile,
+    first inference step and graph breaks)."""
+    lines = []
+    for row in rows:
+        if 'first_train_step_ms' not in row:
+            continue
+        parts = []
+        for name, ms in row['first_train_step_ms'].items():
+            part = f'{name} {ms / 1e3:.1f} s'
+            if 'first_inference_step_ms' in row:
+                breaks = row['graph_breaks'][name]
+                part += (f" (inference {row['first_inference_step_ms'][name] / 1e3:.1f} s; "
+                         f"{breaks['graphs']} graphs, {breaks['breaks']} breaks)")
+            parts.append(part)
+        lines.append(f"first train step, {row['scope']} {row['setting']}: " + ', '.join(parts))
     return '\n'.join(lines)
 
 
@@ -264,11 +333,12 @@ def plot(rows: List[dict], path: str) -> None:
 
     labels, values = [], []
     for row in rows:
+        where = f"{row['scope']} {row['setting']}"
         for name, ratio in row['ratio_to_reference'].items():
-            labels.append(f"{row['scope']} {row['dtype']} {row['mode']}\n{name}/{row['reference']}")
+            labels.append(f"{where} {row['mode']}\n{name}/{row['reference']}")
             values.append(ratio)
         for name, ratio in row.get('memory_ratio_to_reference', {}).items():
-            labels.append(f"{row['scope']} {row['dtype']} memory\n{name}/{row['reference']}")
+            labels.append(f"{where} memory\n{name}/{row['reference']}")
             values.append(ratio)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(values)), 4.5))
     ax.bar(range(len(values)), values, color='tab:blue')
@@ -302,7 +372,8 @@ def main(argv=None) -> dict:
         args=vars(args), rows=rows)
     table = format_table(rows)
     print(f"device {result['device']} ({device.type}), {result['threads']} threads, "
-          f"torch {torch.__version__}, {args.reps} reps x {args.iters} iters\n{table}")
+          f"torch {torch.__version__}, {args.reps} reps x {args.iters} iters\n{table}\n"
+          f'{format_first_steps(rows)}')
     os.makedirs(args.out_dir, exist_ok=True)
     with open(osp.join(args.out_dir, 'results.json'), 'w') as f:
         json.dump(dict(result, table=table), f, indent=1)

@@ -4,7 +4,7 @@
                              [--max-iters N]
 
 Generates the synthetic COCO/VOC dataset if it is missing, trains
-configs/demo/faster-rcnn_r18_fpn_300i_synthetic.py and its CBAM twin with tools/train.py (the
+configs/demo/faster-rcnn_r18_fpn_200i_synthetic.py and its CBAM twin with tools/train.py (the
 same command a user runs; its log shows progress), evaluates each final checkpoint with mmdet's
 CocoMetric through tools/test.py, and prints one table. The numbers go to WORK_DIR/results.json.
 """
@@ -19,8 +19,8 @@ import time
 
 TOOLS = osp.dirname(osp.abspath(__file__))
 REPO = osp.dirname(TOOLS)
-MODELS = (('Faster R-CNN R18-FPN', 'configs/demo/faster-rcnn_r18_fpn_300i_synthetic.py'),
-          ('Faster R-CNN R18-CBAM-FPN', 'configs/demo/faster-rcnn_r18-cbam_fpn_300i_synthetic.py'))
+MODELS = (('Faster R-CNN R18-FPN', 'configs/demo/faster-rcnn_r18_fpn_200i_synthetic.py'),
+          ('Faster R-CNN R18-CBAM-FPN', 'configs/demo/faster-rcnn_r18-cbam_fpn_200i_synthetic.py'))
 METRICS = (('mAP', 'coco/bbox_mAP'), ('mAP@.5', 'coco/bbox_mAP_50'),
            ('mAP@.75', 'coco/bbox_mAP_75'))
 

@@ -27,7 +27,7 @@ def test_json_holds_every_measurement(tiny_run):
         saved = json.load(f)
     assert saved['device_type'] == 'cpu' and saved['threads'] == 2
     assert saved['torch'] and saved['device']
-    rows = {(r['scope'], r['dtype'], r['mode']): r for r in saved['rows']}
+    rows = {(r['scope'], r['setting'], r['mode']): r for r in saved['rows']}
     assert set(rows) == {(scope, 'fp32', mode) for scope in ('module', 'backbone')
                          for mode in benchmark_cbam.MODES}
     assert set(rows['module', 'fp32', 'train']['ms']) == {'fused', 'fused_torch', 'eager',
@@ -48,7 +48,7 @@ def test_table_and_plot(tiny_run, capsys):
     result, out_dir = tiny_run
     table = benchmark_cbam.format_table(result['rows'])
     lines = table.splitlines()
-    assert lines[0].startswith('| scope | dtype | mode | variant | ms |')
+    assert lines[0].startswith('| scope | setting | mode | variant | ms |')
     assert len(lines) == 2 + 3 * 4 + 3 * 4  # header + 3 modes x 4 variants per scope
     assert '| backbone | fp32 | train | plain |' in table and 'reference' in table
     with open(out_dir / 'ratios.png', 'rb') as f:
@@ -67,3 +67,26 @@ def test_variants_take_their_paths():
         paths[name] = [choice.impl for choice in choices]
     assert paths == dict(fused=['cpp'], fused_torch=['torch'], eager=['eager'])
     assert get_impl() == before
+
+
+def test_amp_and_compile_settings(tmp_path):
+    """--modes amp compile: autocast rows with memory, compiled rows with their first steps and
+    the graph breaks torch._dynamo.explain counts (none from CBAM)."""
+    threads = torch.get_num_threads()
+    try:
+        result = benchmark_cbam.main([
+            '--modes', 'amp', 'compile', '--amp-dtypes', 'bf16', '--scopes', 'module', '--reps',
+            '1', '--iters', '1', '--module-shape', '2', '16', '6', '8', '--out-dir',
+            str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    rows = {(r['setting'], r['mode']): r for r in result['rows']}
+    assert set(rows) == {('amp-bf16', mode) for mode in benchmark_cbam.MODES} | {
+        ('compile', mode) for mode in benchmark_cbam.COMPILE_MODES}
+    assert rows['amp-bf16', 'train']['memory_ratio_to_reference']['fused'] < 1
+    compiled = rows['compile', 'train']
+    assert set(compiled['ms']) == {'fused', 'eager'} and 'train_bytes' not in compiled
+    assert compiled['graph_breaks']['fused']['breaks'] == 0
+    assert all(ms > 0 for ms in compiled['first_inference_step_ms'].values())
+    assert 'first train step, module compile: fused' in benchmark_cbam.format_first_steps(
+        result['rows'])

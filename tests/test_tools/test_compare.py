@@ -18,7 +18,7 @@ from PIL import Image
 from conftest import DEMO_CONFIG, REPO_ROOT, TOOLS, data_options, run
 
 COMPARE = osp.join(TOOLS, 'analysis', 'compare.py')
-PLAIN_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'faster-rcnn_r18_fpn_300i_synthetic.py')
+PLAIN_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'faster-rcnn_r18_fpn_200i_synthetic.py')
 SWEEPS = sorted(glob.glob(osp.join(REPO_ROOT, 'configs', 'demo', 'sweeps', '*.yaml')))
 CHANNEL_ONLY = ['model.backbone.cbam_cfg.type=CBAM', 'model.backbone.cbam_cfg.arrangement=channel']
 # One torch thread per tool: on a 2-core machine shared with other processes, two OpenMP threads
@@ -218,7 +218,7 @@ def test_shipped_sweeps_build(sweep, monkeypatch):
     definition = compare.sweep_from_args(compare.parse_args([sweep]))
     totals = compare.check_sweep(definition)
     assert definition.baseline == definition.variants[0].name
-    assert set(totals.values()) == {('iter', 300)}
+    assert set(totals.values()) == {('iter', 200)}
 
 
 @pytest.mark.parametrize('argv, message', [

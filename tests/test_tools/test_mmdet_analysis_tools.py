@@ -8,6 +8,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from mmengine.config import Config
 
 from conftest import DEMO_CONFIG, TOOLS, data_options, run
 
@@ -49,11 +50,13 @@ def test_browse_dataset_draws_the_training_boxes(synthetic, tool_env, tmp_path):
     images = sorted(glob.glob(osp.join(synthetic, 'coco', 'train', '*.jpg')))
     drawn = sorted(out_dir.glob('*.jpg'))
     assert [path.name for path in drawn] == [osp.basename(path) for path in images]
+    width, height = Config.fromfile(DEMO_CONFIG).image_scale  # the train pipeline's Resize
     for source, shown in zip(images, drawn):
-        original, annotated = cv2.imread(source), cv2.imread(str(shown))
-        assert annotated.shape == original.shape
-        # The train pipeline flips half the images. The boxes and labels change some pixels a
-        # lot; the rest stays the image.
+        annotated = cv2.imread(str(shown))
+        assert annotated.shape[:2] == (height, width)
+        original = cv2.resize(cv2.imread(source), (width, height), interpolation=cv2.INTER_LINEAR)
+        # The train pipeline also flips half the images. The boxes and labels change some pixels
+        # a lot; the rest stays the image.
         changed = min(changed_pixels(annotated, view) for view in (original, original[:, ::-1]))
         assert 40 < changed < annotated.shape[0] * annotated.shape[1] / 2
 

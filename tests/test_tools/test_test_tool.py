@@ -12,7 +12,7 @@ from conftest import DEMO_CONFIG, REPO_ROOT, data_options, load_tool
 from mmdet.registry import MODELS
 
 test_tool = load_tool('test')
-BASELINE_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'faster-rcnn_r18_fpn_300i_synthetic.py')
+BASELINE_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'faster-rcnn_r18_fpn_200i_synthetic.py')
 CLASSES = ('circle', 'square', 'triangle')
 
 

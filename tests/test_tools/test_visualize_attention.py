@@ -13,8 +13,8 @@ from mmdet.registry import MODELS
 visualize = load_tool('visualize_attention')
 
 DEMO = osp.join(REPO_ROOT, 'configs', 'demo')
-CBAM_CONFIG = osp.join(DEMO, 'faster-rcnn_r18-cbam_fpn_300i_synthetic.py')
-BASELINE_CONFIG = osp.join(DEMO, 'faster-rcnn_r18_fpn_300i_synthetic.py')
+CBAM_CONFIG = osp.join(DEMO, 'faster-rcnn_r18-cbam_fpn_200i_synthetic.py')
+BASELINE_CONFIG = osp.join(DEMO, 'faster-rcnn_r18_fpn_200i_synthetic.py')
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from cbam_mmdet.models.roi_heads.shared_heads.cbam_res_layer import CBAMResLayer
 from conftest import REPO_ROOT
 from mmdet.registry import MODELS
 
-DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'faster-rcnn_r18-cbam_fpn_300i_synthetic.py')
+DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo', 'faster-rcnn_r18-cbam_fpn_200i_synthetic.py')
 C4_CONFIG = osp.join(REPO_ROOT, 'configs', 'faster_rcnn', 'faster-rcnn_r50-cbam_c4_490k_coco.py')
 
 

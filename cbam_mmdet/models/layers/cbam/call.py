@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .batch_norm import check_batch_size, count_batch, is_plain_batch_norm
+from .batch_norm import check_batch_size, is_plain_batch_norm
 
 # Names of the parameters of gates in their default form (``GateLayout.names``).
 MLP_PARAMS = ('w1', 'b1', 'w2', 'b2')
@@ -122,29 +122,40 @@ class FusedCall:
             eps, mode).
         norm_weight, norm_bias (Tensor, optional): Its affine parameters.
         norm_momentum (float): Momentum of its running statistics for this batch, already counted
-            in ``num_batches_tracked`` (0 in evaluation or without a norm).
+            in ``num_batches_tracked`` (0 in evaluation or without a norm); set by the dispatcher
+            once it has chosen a fused implementation.
         layout (GateLayout): The gates' layout.
         gate_params (list[Tensor]): ``cbam.parameters()`` as read now (``layout.slots``).
         needs_grad (bool): Whether autograd records the call.
         overwrite_input (bool): The output may be written into ``inp``.
         shortcut (Tensor, optional): To add before a ReLU in the call's last pass (inference).
+        compute_dtype (torch.dtype, optional): The dtype to compute in when it is not ``inp``'s
+            (under autocast: the parameters' float32 for a bfloat16/float16 ``inp``). The
+            implementation then keeps ``inp`` in its own dtype for backward, computes on a
+            converted copy and returns the output and the input gradient in ``inp``'s dtype.
+            Set by the dispatcher.
     """
     __slots__ = ('cbam', 'inp', 'norm', 'norm_weight', 'norm_bias', 'norm_momentum', 'layout',
-                 'gate_params', 'needs_grad', 'overwrite_input', 'shortcut')
+                 'gate_params', 'needs_grad', 'overwrite_input', 'shortcut', 'compute_dtype')
 
     def __init__(self, cbam: nn.Module, inp: Tensor, norm: Optional[nn.BatchNorm2d],
                  layout: GateLayout, overwrite_input: bool = False) -> None:
         check_batch_size(norm, inp.shape)
         self.cbam, self.inp, self.norm, self.layout = cbam, inp, norm, layout
+        self.compute_dtype = None
         self.gate_params = [getattr(module, name) for module, name in layout.slots]
         self.norm_weight = self.norm_bias = None
         if norm is not None:
             self.norm_weight, self.norm_bias = norm.weight, norm.bias
         self.needs_grad = torch.is_grad_enabled() and (
             inp.requires_grad or any(p.requires_grad for p in self.params()))
-        self.norm_momentum = count_batch(norm)
+        self.norm_momentum = 0.0
         self.overwrite_input = overwrite_input and not self.needs_grad
         self.shortcut = None
+
+    def computable(self, tensor: Tensor) -> Tensor:
+        """``tensor`` in the dtype the call computes in (itself when that is its dtype)."""
+        return tensor if self.compute_dtype is None else tensor.to(self.compute_dtype)
 
     def params(self) -> List[Tensor]:
         """Every parameter the call reads: the norm's weight and bias (with a norm), then

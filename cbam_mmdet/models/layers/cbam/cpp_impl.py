@@ -33,7 +33,7 @@ The kernels are compiled on first use with the system compiler into a per-machin
 """
 import ctypes
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -54,7 +54,7 @@ def library() -> Optional[ctypes.CDLL]:
     if _library is None:
         _library = load_library(SOURCE, 'cbam_cpu', 'so CBAM runs its PyTorch-ops fused path '
                                 '(correct, slower on CPU)') or False
-    return _library or None
+    return None if _library is False else _library
 
 
 def _pointers(*names: str) -> list:
@@ -96,6 +96,7 @@ class Grads(ctypes.Structure):
     _fields_ = _pointers('input', *PARAMS)
 
 
+SAVED_NAMES = tuple(name for name, _ in Saved._fields_)  # ``_saved_buffers``' keys
 STRUCTS = (Gates, Saved, Grads)  # in the order of ``cbam_struct_layout``'s ``which``
 
 
@@ -103,15 +104,27 @@ def _address(tensor: Optional[Tensor]) -> Optional[int]:
     return None if tensor is None else tensor.data_ptr()
 
 
-def _norm_arguments(prefix: str, norm: Optional[nn.BatchNorm2d],
-                    momentum: float) -> Dict[str, object]:
-    """A norm's mode, statistics and momentum for ``Gates`` (its parameters: ``PARAMS``)."""
+class NormArgs(NamedTuple):
+    """A norm as the kernels read it (its parameters: ``PARAMS``): ``mode`` 0 none, 1 training,
+    2 evaluation; running statistics; eps; the momentum of this batch."""
+    mode: int = 0
+    running_mean: Optional[Tensor] = None
+    running_var: Optional[Tensor] = None
+    eps: float = 0.0
+    momentum: float = 0.0
+
+
+def _norm_args(norm: Optional[nn.BatchNorm2d], momentum: float) -> NormArgs:
     if norm is None:
-        return {f'{prefix}_mode': 0}
-    return {f'{prefix}_mode': 1 if norm.training else 2,
-            f'{prefix}_running_mean': norm.running_mean.data_ptr(),
-            f'{prefix}_running_var': norm.running_var.data_ptr(), f'{prefix}_eps': norm.eps,
-            f'{prefix}_momentum': momentum}
+        return NormArgs()
+    return NormArgs(1 if norm.training else 2, norm.running_mean, norm.running_var, norm.eps,
+                    momentum)
+
+
+def _norm_fields_of(prefix: str, norm: NormArgs) -> Dict[str, object]:
+    return {f'{prefix}_mode': norm.mode, f'{prefix}_running_mean': _address(norm.running_mean),
+            f'{prefix}_running_var': _address(norm.running_var), f'{prefix}_eps': norm.eps,
+            f'{prefix}_momentum': norm.momentum}
 
 
 def _named_params(call: FusedCall) -> Dict[str, Optional[Tensor]]:
@@ -120,31 +133,52 @@ def _named_params(call: FusedCall) -> Dict[str, Optional[Tensor]]:
     return params
 
 
-def _gates(call: FusedCall, params: Dict[str, Optional[Tensor]]) -> Gates:
-    """Sizes, parameters and buffers for the kernels; counts a training batch in the spatial
-    norm (the call counted the norm before CBAM)."""
-    n, c, h, w = call.inp.shape
+class GateSizes(NamedTuple):
+    """The gates' sizes and poolings (``GateLayout``'s) as the kernels read them."""
+    hidden: int
+    use_avg: int
+    use_max: int
+    kernel_size: int
+
+
+def _make_gates(shape, params: Dict[str, Optional[Tensor]], sizes: GateSizes, bn: NormArgs,
+                sn: NormArgs) -> Gates:
+    n, c, h, w = shape
+    return Gates(n=n, c=c, h=h, w=w, hidden=sizes.hidden, use_avg=sizes.use_avg,
+                 use_max=sizes.use_max, k=sizes.kernel_size, threads=torch.get_num_threads(),
+                 **{name: _address(params[name]) for name in PARAMS},
+                 **_norm_fields_of('bn', bn), **_norm_fields_of('sn', sn))
+
+
+def _call_norms(call: FusedCall) -> Tuple[GateSizes, NormArgs, NormArgs]:
+    """The call's sizes and norms; counts a training batch in the spatial norm (the call
+    counted the norm before CBAM)."""
+    n, _, h, w = call.inp.shape
     layout = call.layout
     spatial_norm = layout.spatial_norm
     check_batch_size(spatial_norm, (n, 1, h, w))
-    return Gates(
-        n=n, c=c, h=h, w=w, hidden=layout.hidden, use_avg=layout.use_avg,
-        use_max=layout.use_max, k=layout.kernel_size, threads=torch.get_num_threads(),
-        **{name: _address(params[name]) for name in PARAMS},
-        **_norm_arguments('bn', call.norm, call.norm_momentum),
-        **_norm_arguments('sn', spatial_norm, count_batch(spatial_norm)))
+    sizes = GateSizes(layout.hidden, int(layout.use_avg), int(layout.use_max),
+                      layout.kernel_size)
+    return (sizes, _norm_args(call.norm, call.norm_momentum),
+            _norm_args(spatial_norm, count_batch(spatial_norm)))
 
 
-def _saved_buffers(inp: Tensor, gates: Gates) -> Dict[str, Tensor]:
+def _gates(call: FusedCall, params: Dict[str, Optional[Tensor]]) -> Gates:
+    """Sizes, parameters and buffers of the call for the kernels (``_call_norms``)."""
+    return _make_gates(call.inp.shape, params, *_call_norms(call))
+
+
+def _saved_buffers(inp: Tensor, pools: int, hidden: int) -> Dict[str, Tensor]:
+    """Empty tensors for what forward keeps (``Saved``), for ``pools`` poolings and an MLP of
+    ``hidden`` units."""
     n, c, h, w = inp.shape
-    pools = gates.use_avg + gates.use_max
     f64, i64 = dict(dtype=torch.float64), dict(dtype=torch.long)
     return dict(
         plane_mean=torch.empty(n, c, **f64), mean=torch.empty(c, **f64),
         invstd=torch.empty(c, **f64), spatial_stats=torch.empty(2, **f64),
         center=inp.new_empty(c), scale=inp.new_empty(c), shift=inp.new_empty(c),
         desc=inp.new_empty(pools, n, c),
-        hid=inp.new_empty(pools, n, gates.hidden), mc=inp.new_empty(n, c),
+        hid=inp.new_empty(pools, n, hidden), mc=inp.new_empty(n, c),
         smax=inp.new_empty(n, h * w), smean=inp.new_empty(n, h * w), pre=inp.new_empty(n, h * w),
         ms=inp.new_empty(n, h * w), pixel_of_max=torch.empty(n, c, **i64),
         channel_of_max=torch.empty(n, h * w, **i64))
@@ -164,6 +198,16 @@ def _run_forward(inp: Tensor, gates: Gates, saved: Dict[str, Tensor], out: Tenso
         ctypes.byref(Saved(**{name: t.data_ptr() for name, t in saved.items()})))
 
 
+def _run_backward(grad: Tensor, inp: Tensor, gates: Gates, saved: Dict[str, Tensor],
+                  grads: Dict[str, Tensor], grad_input: Optional[Tensor]) -> None:
+    """The gradients of ``grads``' parameters and (unless None) of ``inp`` from ``grad``."""
+    _kernel('backward', inp.dtype)(
+        ctypes.c_void_p(grad.data_ptr()), ctypes.c_void_p(inp.data_ptr()), ctypes.byref(gates),
+        ctypes.byref(Saved(**{name: t.data_ptr() for name, t in saved.items()})),
+        ctypes.byref(Grads(input=_address(grad_input),
+                           **{name: g.data_ptr() for name, g in grads.items()})))
+
+
 class CppCBAMFunction(torch.autograd.Function):
     """(N, C, H, W) -> (N, C, H, W): CBAM, optionally preceded by a BatchNorm2d (module doc).
 
@@ -175,23 +219,28 @@ class CppCBAMFunction(torch.autograd.Function):
     def forward(ctx, inp: Tensor, call: FusedCall, *params):
         named = _named_params(call)
         gates = _gates(call, named)
-        saved = _saved_buffers(inp, gates)
-        out = torch.empty_like(inp)
-        _run_forward(inp, gates, saved, out, None)
+        work = call.computable(inp)
+        saved = _saved_buffers(work, gates.use_avg + gates.use_max, gates.hidden)
+        out = work if work is not inp else torch.empty_like(inp)  # a converted copy is ours
+        _run_forward(work, gates, saved, out, None)
         present = [name for name in PARAMS if named[name] is not None]
         # Gradients in ``apply``'s order: the norm's, then the gates' (``GateLayout.slots``).
         ctx.grad_names = (['bn_weight', 'bn_bias'] if call.norm is not None else []) + \
             call.layout.slot_names
         ctx.gates, ctx.present, ctx.saved_names = gates, present, list(saved)
+        ctx.compute_dtype = work.dtype
         # Parameters are saved too: autograd then checks they were not modified in place, and
-        # (e.g. under checkpointing) backward uses the tensors it unpacks.
+        # (e.g. under checkpointing) backward uses the tensors it unpacks. The input is saved in
+        # its own dtype: a converted copy would double a low-precision input's bytes.
         ctx.save_for_backward(inp, *[named[name] for name in present], *saved.values())
-        return out
+        return out.to(inp.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         inp, *rest = ctx.saved_tensors
+        input_dtype = inp.dtype
+        inp = inp.to(ctx.compute_dtype)
         params = dict(zip(ctx.present, rest))
         small = dict(zip(ctx.saved_names, rest[len(ctx.present):]))
         gates = ctx.gates
@@ -199,15 +248,12 @@ class CppCBAMFunction(torch.autograd.Function):
             setattr(gates, name, param.data_ptr())
         grads = {name: torch.empty_like(param) for name, param in params.items()}
         grad_input = torch.empty_like(inp) if ctx.needs_input_grad[0] else None
-        grad = grad.contiguous()
-        _kernel('backward', inp.dtype)(
-            ctypes.c_void_p(grad.data_ptr()), ctypes.c_void_p(inp.data_ptr()),
-            ctypes.byref(gates),
-            ctypes.byref(Saved(**{name: t.data_ptr() for name, t in small.items()})),
-            ctypes.byref(Grads(input=_address(grad_input),
-                               **{name: g.data_ptr() for name, g in grads.items()})))
+        _run_backward(grad.to(ctx.compute_dtype).contiguous(), inp, gates, small, grads,
+                      grad_input)
         param_grads = [grads[name] if needed else None
                        for name, needed in zip(ctx.grad_names, ctx.needs_input_grad[2:])]
+        if grad_input is not None:
+            grad_input = grad_input.to(input_dtype)
         return (grad_input, None, *param_grads)
 
 
@@ -217,12 +263,114 @@ def cpp_cbam(call: FusedCall) -> Tensor:
     is added before a ReLU in the last pass."""
     if call.needs_grad:
         return CppCBAMFunction.apply(call.inp, call, *call.params())
-    inp = call.inp
+    inp = call.computable(call.inp)
     with torch.no_grad():
         gates = _gates(call, _named_params(call))
-        out = inp if call.overwrite_input else torch.empty_like(inp)
+        out = inp if call.overwrite_input or inp is not call.inp else torch.empty_like(inp)
         _run_forward(inp, gates, {}, out, call.shortcut)
-    return out
+    return out.to(call.inp.dtype)
+
+
+# Under ``torch.compile`` the kernels run as two functional operators that the compiler keeps
+# whole (it cannot trace ctypes calls). ``cbam_mmdet::cbam_cpu`` returns the output, the updated
+# running statistics and, with ``with_saved``, the saved tensors (``Saved``);
+# ``cbam_mmdet::cbam_cpu_backward`` returns the input gradient, then those of ``params``.
+# Arguments: ``params`` the parameters present, in ``PARAMS`` order, and ``present`` which those
+# are (1/0 per name); ``stats`` the running statistics [bn mean, bn var, sn mean, sn var], empty
+# where a norm is absent; ``sizes`` (``GateSizes``); ``norms`` [bn mode, eps, momentum, sn mode,
+# eps, momentum].
+NUM_STATS = 4
+
+
+def _op_gates(shape, params: List[Tensor], present: List[int], stats: List[Optional[Tensor]],
+              sizes: List[int], norms: List[float]) -> Gates:
+    found = iter(params)
+    named = {name: next(found) if here else None for name, here in zip(PARAMS, present)}
+    stats = [t if t is not None and t.numel() else None for t in stats]
+    bn = NormArgs(int(norms[0]), stats[0], stats[1], norms[1], norms[2])
+    sn = NormArgs(int(norms[3]), stats[2], stats[3], norms[4], norms[5])
+    return _make_gates(shape, named, GateSizes(*sizes), bn, sn)
+
+
+def _op_saved_buffers(inp: Tensor, sizes: List[int], with_saved: bool) -> Dict[str, Tensor]:
+    sizes = GateSizes(*sizes)
+    return _saved_buffers(inp, sizes.use_avg + sizes.use_max, sizes.hidden) if with_saved else {}
+
+
+def _define_operators() -> Optional[Callable]:
+    """Register the two operators and return the forward one; None on torch < 2.4, which has
+    no ``torch.library.custom_op`` (``torch.compile`` then traces the eager ops)."""
+    if not hasattr(torch.library, 'custom_op'):
+        return None
+
+    @torch.library.custom_op('cbam_mmdet::cbam_cpu', mutates_args=())
+    def cbam_cpu_op(inp: Tensor, params: List[Tensor], present: List[int], stats: List[Tensor],
+                    sizes: List[int], norms: List[float], with_saved: bool) -> List[Tensor]:
+        updated = [t.clone() for t in stats]  # the kernels update these copies
+        gates = _op_gates(inp.shape, params, present, updated, sizes, norms)
+        saved = _op_saved_buffers(inp, sizes, with_saved)
+        out = torch.empty_like(inp)
+        _run_forward(inp, gates, saved, out, None)
+        return [out, *updated, *saved.values()]
+
+    @cbam_cpu_op.register_fake
+    def _(inp, params, present, stats, sizes, norms, with_saved):
+        return [torch.empty_like(inp), *[torch.empty_like(t) for t in stats],
+                *_op_saved_buffers(inp, sizes, with_saved).values()]
+
+    @torch.library.custom_op('cbam_mmdet::cbam_cpu_backward', mutates_args=())
+    def cbam_cpu_backward_op(grad: Tensor, inp: Tensor, params: List[Tensor], present: List[int],
+                             saved: List[Tensor], sizes: List[int],
+                             norms: List[float]) -> List[Tensor]:
+        gates = _op_gates(inp.shape, params, present, [None] * NUM_STATS, sizes, norms)
+        names = [name for name, here in zip(PARAMS, present) if here]
+        grads = {name: torch.empty_like(p) for name, p in zip(names, params)}
+        grad_input = torch.empty_like(inp)
+        _run_backward(grad.contiguous(), inp, gates, dict(zip(SAVED_NAMES, saved)), grads,
+                      grad_input)
+        return [grad_input, *grads.values()]
+
+    @cbam_cpu_backward_op.register_fake
+    def _(grad, inp, params, present, saved, sizes, norms):
+        return [torch.empty_like(inp)] + [torch.empty_like(p) for p in params]
+
+    def setup_context(ctx, inputs, output) -> None:
+        inp, params, present, _, sizes, norms, _ = inputs
+        ctx.present, ctx.sizes, ctx.norms, ctx.num_params = present, sizes, norms, len(params)
+        ctx.save_for_backward(inp, *params, *output[1 + NUM_STATS:])
+
+    def backward(ctx, grads):
+        inp, *rest = ctx.saved_tensors
+        params, saved = rest[:ctx.num_params], rest[ctx.num_params:]
+        grad_input, *param_grads = cbam_cpu_backward_op(grads[0], inp, params, ctx.present,
+                                                        saved, ctx.sizes, ctx.norms)
+        return grad_input, param_grads, None, [None] * NUM_STATS, None, None, None
+
+    cbam_cpu_op.register_autograd(backward, setup_context=setup_context)
+    return cbam_cpu_op
+
+
+OPERATOR = _define_operators()
+
+
+def cpp_cbam_op(call: FusedCall) -> Tensor:
+    """``cpp_cbam`` through the ``cbam_mmdet::cbam_cpu`` operator (under ``torch.compile``): the
+    same kernels and results; the output is a new tensor and ``call.shortcut`` is not used."""
+    sizes, bn, sn = _call_norms(call)
+    named = _named_params(call)
+    inp = call.computable(call.inp)
+    stats = [bn.running_mean, bn.running_var, sn.running_mean, sn.running_var]
+    out, *updated = OPERATOR(
+        inp, [named[name] for name in PARAMS if named[name] is not None],
+        [int(named[name] is not None) for name in PARAMS],
+        [inp.new_empty(0) if t is None else t for t in stats], list(sizes),
+        [bn.mode, bn.eps, bn.momentum, sn.mode, sn.eps, sn.momentum],
+        call.needs_grad)[:1 + NUM_STATS]
+    with torch.no_grad():
+        for running, new in zip(stats, updated):
+            if running is not None:
+                running.copy_(new)
+    return out.to(call.inp.dtype)
 
 
 def struct_layout(which: int) -> list:

@@ -181,6 +181,7 @@ class CBAM(BaseModule):
         if arrangement != 'channel':
             self.spatial_gate = SpatialGate(in_channels, kernel_size, spatial_descriptor,
                                             spatial_norm_cfg)
+        dispatch.prepare(self)
 
     @staticmethod
     def _check_args(in_channels, ratio, pool_types, spatial_descriptor, kernel_size,

@@ -75,12 +75,12 @@ def _first_argmax_spatial(x: Tensor) -> Tuple[Tensor, Tensor]:
     return row_max.amax(2), row * w + col
 
 
-def _batch_norm_forward(call: FusedCall) -> Tuple[Tensor, Tensor, Tensor]:
-    """The call's norm applied to its input as ``nn.BatchNorm2d.forward`` computes it (running
-    statistics updated with the call's momentum), plus the per-channel mean and inverse std it
-    normalised with."""
+def _batch_norm_forward(call: FusedCall, inp: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """The call's norm applied to ``inp`` (its input in the compute dtype) as
+    ``nn.BatchNorm2d.forward`` computes it (running statistics updated with the call's momentum),
+    plus the per-channel mean and inverse std it normalised with."""
     norm = call.norm
-    x, mean, invstd = torch.native_batch_norm(call.inp, call.norm_weight, call.norm_bias,
+    x, mean, invstd = torch.native_batch_norm(inp, call.norm_weight, call.norm_bias,
                                               norm.running_mean, norm.running_var, norm.training,
                                               call.norm_momentum, norm.eps)
     if not norm.training:
@@ -152,28 +152,38 @@ class FusedCBAMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inp: Tensor, call: FusedCall, *params):
         norm = call.norm
-        x, mean, invstd = (inp, None, None) if norm is None else _batch_norm_forward(call)
+        work = call.computable(inp)
+        x, mean, invstd = (work, None, None) if norm is None else _batch_norm_forward(call, work)
         channel_gate, spatial_gate = call.cbam.channel_gate, call.cbam.spatial_gate
         # The gates' small graphs keep their tensors as they are: saved-tensor hooks (e.g.
         # non-reentrant checkpointing) would rerun the whole block for each nested backward.
         with torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
             out, ca, sa, pixel_of_max, channel_of_max, graphs = _cbam_forward(
                 x, channel_gate.mlp, channel_gate.pool_types, spatial_gate.spatial, True,
-                x_is_temporary=norm is not None)
+                x_is_temporary=x is not inp)
+        # The input in its own dtype: a converted copy would double a low-precision input's bytes.
         ctx.save_for_backward(inp, ca, sa, pixel_of_max, channel_of_max, mean, invstd)
         ctx.graphs = graphs
         call.inp = None  # kept through autograd only (checkpointing may free it)
         ctx.call = call
         ctx.norm_training = norm is not None and norm.training
-        return out
+        return out.to(inp.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
+        # In the dtype forward computed in, also when backward is called under autocast.
+        with torch.autocast(grad.device.type, enabled=False):
+            return FusedCBAMFunction._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad: Tensor):
         inp, ca, sa, pixel_of_max, channel_of_max, mean, invstd = ctx.saved_tensors
         channel_att, leaves, spatial_att, smax, smean = ctx.graphs
         call = ctx.call
         norm = call.norm
+        input_dtype = inp.dtype
+        inp, grad = call.computable(inp), call.computable(grad)
         # The tensors used in forward (functional_call may swap parameters only for forward).
         num_channel = call.layout.num_channel
         channel_params = call.gate_params[:num_channel]
@@ -232,14 +242,16 @@ class FusedCBAMFunction(torch.autograd.Function):
                 out2=norm_grads[1])[0]
             norm_grads = [g if need else None for g, need in zip(norm_grads, needed)]
         # One gradient per ``apply`` argument: the call's parameters in ``call.params()`` order.
-        return (grad_in, None, *norm_grads, *channel_grads, *spatial_grads)
+        return (grad_in.to(input_dtype), None, *norm_grads, *channel_grads, *spatial_grads)
 
 
 def torch_cbam(call: FusedCall) -> Tensor:
     """The call's ``cbam(norm(inp))`` (``cbam(inp)`` without a norm) through PyTorch ops."""
     if call.needs_grad:
         return FusedCBAMFunction.apply(call.inp, call, *call.params())
-    x = call.inp if call.norm is None else _batch_norm_forward(call)[0]
+    work = call.computable(call.inp)
+    x = work if call.norm is None else _batch_norm_forward(call, work)[0]
     gates = call.cbam
-    return _cbam_forward(x, gates.channel_gate.mlp, gates.channel_gate.pool_types,
-                         gates.spatial_gate.spatial, False, x_is_temporary=call.norm is not None)
+    out = _cbam_forward(x, gates.channel_gate.mlp, gates.channel_gate.pool_types,
+                        gates.spatial_gate.spatial, False, x_is_temporary=x is not call.inp)
+    return out.to(call.inp.dtype)

@@ -15,6 +15,7 @@ from torch.func import functional_call
 from cbam_mmdet.models.backbones import CBAMResNet, CBAMResNeXt
 from cbam_mmdet.models.layers import CBAM
 from cbam_mmdet.models.layers.cbam import dispatch
+from cbam_mmdet.models.layers.cbam.dispatch import record_choices
 from cbam_mmdet.models.utils import mmdet_scope_if_unset
 from cbam_mmdet.runtime.memory import saved_tensor_bytes
 from mmdet.models.backbones import ResNet
@@ -119,29 +120,65 @@ def test_channels_last(cbam_pair, run_and_trace, path_of, assert_same_results):
     assert fused_result[0].is_contiguous(memory_format=torch.channels_last)
 
 
+def relative_errors(result, exact):
+    """Max relative error of each of a ``run_cbam`` result's tensors against ``exact``."""
+    pairs = list(zip(result[:2] + tuple(result[2]) + tuple(result[3]),
+                     exact[:2] + tuple(exact[2]) + tuple(exact[3])))
+    return [((got.double() - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
+            for got, want in pairs if want.is_floating_point()]
+
+
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
-def test_autocast_and_half_inputs(dtype, cbam_pair, run_and_trace, path_of, assert_same_results):
-    fused, norm, eager, eager_norm = cbam_pair(with_norm=True, dtype=torch.float32)
-    x = torch.randn(2, 16, 6, 7)
+@pytest.mark.parametrize('with_norm', [False, True])
+def test_autocast_takes_the_fused_path_in_float32(dtype, with_norm, fused_impl, cbam_pair,
+                                                  run_and_trace, path_of):
+    """Under autocast the fused path runs, computing in float32 as BatchNorm does there: it
+    returns the dtypes the eager ops return under autocast, and its output, gradients and
+    running statistics are at most as far from a float64 run as the eager ops'."""
+    fused, norm, eager, eager_norm = cbam_pair(with_norm=with_norm, dtype=torch.float32)
+    reference = [None if m is None else copy.deepcopy(m).double() for m in (eager, eager_norm)]
+    x = (torch.randn(2, 16, 12, 10) * 3 + 1).to(dtype)  # a conv's output under autocast
     grad = torch.randn_like(x)
-    with torch.autocast('cpu', dtype=dtype):  # autocast: the eager ops, identical results
-        assert path_of(fused, x, norm) == 'eager'
-        autocast_results = (run_and_trace(fused, norm, x, grad)[1],
-                            run_and_trace(eager, eager_norm, x, grad)[1])
-    assert_same_results(*autocast_results, rtol=0, atol=0)
-    # Half-precision modules and inputs: the fused path, close to the eager one.
-    fused, norm, eager, eager_norm = cbam_pair(with_norm=True, dtype=dtype)
-    assert path_of(fused, x.to(dtype), norm) == 'torch'  # the C++ kernels: fp32/fp64
-    fused_out = run_and_trace(fused, norm, x.to(dtype), grad.to(dtype))[1]
-    eager_out = run_and_trace(eager, eager_norm, x.to(dtype), grad.to(dtype))[1]
-    assert fused_out[0].dtype == dtype
-    assert_same_results(fused_out, eager_out, rtol=0.05, atol=0.05)
+    exact = run_and_trace(*reference, x.double(), grad.double())[1]
+    with torch.autocast('cpu', dtype=dtype):
+        assert path_of(fused, x, norm) == fused_impl
+        fused_result = run_and_trace(fused, norm, x, grad)[1]
+        eager_result = run_and_trace(eager, eager_norm, x, grad)[1]
+    assert [t.dtype for t in fused_result[:2]] == [t.dtype for t in eager_result[:2]] == [dtype] * 2
+    for fused_error, eager_error in zip(relative_errors(fused_result, exact),
+                                        relative_errors(eager_result, exact)):
+        assert fused_error <= max(1e-5, 1.5 * eager_error)
+
+
+def test_autocast_keeps_the_input_in_its_own_dtype_for_backward(cbam_pair):
+    """What the fused call saves under bfloat16 autocast is the bfloat16 input plus small
+    tensors: no float32 copy of the map."""
+    fused, norm, _, _ = cbam_pair(channels=256, with_norm=True, dtype=torch.float32)
+    x = torch.randn(2, 256, 32, 32, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        saved = saved_tensor_bytes(lambda: fused.forward_after_norm(norm, x),
+                                   [*fused.parameters(), *norm.parameters()])
+    assert x.numel() * 2 <= saved < x.numel() * 2 * 1.1  # a float32 copy would make it 3x
+
+
+def test_half_precision_modules(cbam_pair, run_and_trace, path_of, assert_same_results):
+    """Half-precision modules and inputs without autocast: the fused path in the inputs' dtype,
+    close to the eager one."""
+    for dtype in (torch.bfloat16, torch.float16):
+        fused, norm, eager, eager_norm = cbam_pair(with_norm=True, dtype=dtype)
+        x = torch.randn(2, 16, 6, 7, dtype=dtype)
+        grad = torch.randn_like(x)
+        assert path_of(fused, x, norm) == 'torch'  # the C++ kernels: fp32/fp64
+        fused_out = run_and_trace(fused, norm, x, grad)[1]
+        eager_out = run_and_trace(eager, eager_norm, x, grad)[1]
+        assert fused_out[0].dtype == dtype
+        assert_same_results(fused_out, eager_out, rtol=0.05, atol=0.05)
 
 
 def test_path_choice_on_torch_before_2_4(monkeypatch, fused_impl, cbam_pair, path_of):
     """torch < 2.3 has no torch.compiler.is_compiling and torch < 2.4 no device argument to
     is_autocast_enabled (CPU autocast has its own flag): the fused path is chosen all the same,
-    and CPU autocast still selects the eager ops."""
+    and CPU autocast is still seen."""
     with monkeypatch.context() as patch:  # torch.autocast itself needs the current signature
         patch.setattr(torch, 'is_autocast_enabled', lambda: False)
         assert not dispatch._autocast_takes_device()
@@ -154,7 +191,9 @@ def test_path_choice_on_torch_before_2_4(monkeypatch, fused_impl, cbam_pair, pat
     assert path_of(fused, x, norm) == fused_impl
     with torch.autocast('cpu', dtype=torch.bfloat16):
         assert dispatch.autocast_enabled('cpu')
-        assert path_of(fused, x, norm) == 'eager'
+        with record_choices() as choices:
+            assert fused.forward_after_norm(norm, x.bfloat16()).dtype == torch.bfloat16
+        assert [choice.impl for choice in choices] == [fused_impl]
 
 
 def test_training_batch_of_one_value_is_refused_as_by_batch_norm(cbam_pair):

@@ -18,11 +18,11 @@ Fast-path conditions (the only written list; README and docs link here). A call 
    b. the input is not a 4-D floating-point tensor, NCHW- or NHWC-contiguous;
    c. TorchScript tracing or scripting is running (FLOP counters and exporters see the eager
       ops), or ``torch.compile`` is running and either autograd does not record the call
-      (inference: the compiler fuses the eager ops with the block's other pointwise work, 1.05x
-      plain ResNet-50 against 1.19x with the kernels as one opaque operator), or the C++ kernels
-      cannot take it (rule 2: the PyTorch-ops function is opaque to the compiler), or torch is
-      older than 2.4 (no custom operators). Nothing warns while compiling (a warning would
-      break the graph);
+      (inference: the compiler fuses the eager ops with the block's other pointwise work,
+      1.05-1.11x plain ResNet-50 against 1.19-1.26x with the kernels as one opaque operator),
+      or the C++ kernels cannot take it (rule 2: the PyTorch-ops function is opaque to the
+      compiler), or torch is older than 2.4 (no custom operators). Nothing warns while
+      compiling (a warning would break the graph);
    d. CBAM has forward hooks or pre-hooks (they must see its input).
 
    Under autocast (``--amp``) the fused call runs with autocast off and computes in the

@@ -264,12 +264,20 @@ COMPILE_REASON = 'torch.compile compiles the eager ops of inference calls and of
 
 def _fused(cbam: nn.Module, wanted: str, x: Tensor, norm: Optional[nn.BatchNorm2d],
            overwrite_input: bool, shortcut: Optional[Tensor]) -> Optional[Tensor]:
-    """One fused call (rule 2), the shortcut and ReLU after it (rule 3); None when it has to be
-    the eager ops after all (``COMPILE_REASON``)."""
-    if autocast_enabled(x.device.type):
-        with torch.autocast(x.device.type, enabled=False):
-            return _fused_call(cbam, wanted, x, norm, overwrite_input, shortcut, True)
-    return _fused_call(cbam, wanted, x, norm, overwrite_input, shortcut, False)
+    """One fused call (rule 2), the shortcut and ReLU after it (rule 3); None when the call needs
+    the eager ops (rule 1 b-d, warned once for an explicit 'torch' or 'cpp')."""
+    reason = _eager_reason(cbam, x)
+    if reason is None:
+        if autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                out = _fused_call(cbam, wanted, x, norm, overwrite_input, shortcut, True)
+        else:
+            out = _fused_call(cbam, wanted, x, norm, overwrite_input, shortcut, False)
+        if out is not None:
+            return out
+        reason = COMPILE_REASON
+    _honour_or_warn(wanted, 'eager', reason)
+    return None
 
 
 def _fused_call(cbam: nn.Module, wanted: str, x: Tensor, norm: Optional[nn.BatchNorm2d],
@@ -303,13 +311,9 @@ def forward(cbam: nn.Module, x: Tensor) -> Tensor:
     """``cbam(x)`` by the implementation the rules choose."""
     wanted = _choice(cbam)
     if wanted != 'eager' and cbam.fusable:
-        reason = _eager_reason(cbam, x)
-        if reason is None:
-            out = _fused(cbam, wanted, x, None, False, None)
-            if out is not None:
-                return out
-            reason = COMPILE_REASON
-        _honour_or_warn(wanted, 'eager', reason)
+        out = _fused(cbam, wanted, x, None, False, None)
+        if out is not None:
+            return out
     _record(Choice('eager'))
     return cbam.eager_forward(x)
 
@@ -320,13 +324,9 @@ def forward_after_norm(cbam: nn.Module, norm: nn.Module, x: Tensor, overwrite_in
     inside the fused call where the rules allow."""
     wanted = _choice(cbam)
     if (wanted != 'eager' and cbam.fusable and is_plain_batch_norm(norm) and not _hooked(norm)):
-        reason = _eager_reason(cbam, x)
-        if reason is None:
-            out = _fused(cbam, wanted, x, norm, overwrite_input, shortcut)
-            if out is not None:
-                return out
-            reason = COMPILE_REASON
-        _honour_or_warn(wanted, 'eager', reason)
+        out = _fused(cbam, wanted, x, norm, overwrite_input, shortcut)
+        if out is not None:
+            return out
     return add_shortcut_relu(cbam(norm(x)), shortcut)
 
 

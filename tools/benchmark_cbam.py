@@ -16,10 +16,12 @@ Settings (``--modes``, each side of a ratio in the same one): 'fp32'; 'amp' (aut
 ``--amp-dtypes``, as ``--amp`` trains; on CPU bf16 convolutions are emulated, so its times say
 nothing about GPU training, its memory does); 'compile' (each variant wrapped in
 ``torch.compile``, fp32; module: fused and eager, backbone: fused and plain; its first training
-and inference step, which compile, are reported apart, and the graph breaks that
-``torch._dynamo.explain`` counts). Modes of each setting: 'forward' (training mode, autograd
-recording; not under compile), 'train' (forward + backward with fixed random output gradients),
-'inference' (eval mode, no_grad).
+and inference step, which compile, are reported apart, each variant's in a new process, by
+default with an empty compile cache (``--first-step-cache empty``: a first run, neither variant
+reusing kernels the other compiled; ``shared``: the cache this run's timing filled, as a restarted
+or resumed run finds it), and the graph breaks that ``torch._dynamo.explain`` counts). Modes of
+each setting: 'forward' (training mode, autograd recording; not under compile), 'train' (forward
++ backward with fixed random output gradients), 'inference' (eval mode, no_grad).
 Variants are timed interleaved: each repetition runs every variant ``--iters`` times (in rotated
 order) and the ratio of the per-repetition medians is taken; the reported ratio is the median over
 repetitions, so slow phases of a shared machine hit both sides of a ratio alike.
@@ -38,6 +40,9 @@ import os
 import os.path as osp
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Callable, Dict, List
 
@@ -83,6 +88,10 @@ def parse_args(argv=None):
     parser.add_argument('--backbone-shape', type=int, nargs=4, default=(1, 3, 320, 448))
     parser.add_argument('--depth', type=int, default=50, help='backbone depth')
     parser.add_argument('--out-dir', default='work_dirs/benchmark_cbam')
+    parser.add_argument('--first-step-cache', default='empty', choices=['empty', 'shared'],
+                        help='compile cache of the first compiled steps (see above)')
+    parser.add_argument('--first-compiled-steps', nargs=2, metavar=('SCOPE', 'VARIANT'),
+                        help=argparse.SUPPRESS)  # the new process of first_steps_in_new_process
     return parser.parse_args(argv)
 
 
@@ -113,6 +122,12 @@ class TorchOpsPath(nn.Module):
     def forward(self, x):
         with use_impl('torch'):
             return self.model(x)
+
+
+def build_variants(scope: str, args) -> Dict[str, nn.Module]:
+    if scope == 'module':
+        return build_module_variants(args.module_shape[1])
+    return build_backbone_variants(args.depth)
 
 
 def quiet_init(init_weights: Callable) -> None:
@@ -156,9 +171,10 @@ def make_step(model: nn.Module, x: torch.Tensor, mode: str, dtype: torch.dtype) 
     """A callable running one forward / training step / inference of ``model`` on ``x``."""
     autocast = dict(device_type=x.device.type, dtype=dtype, enabled=dtype != torch.float32)
     model.train(mode != 'inference')
-    with torch.no_grad(), torch.autocast(**autocast):
-        grads = [torch.randn_like(o) for o in _outputs(model(x))]
     inp = x.requires_grad_(False)
+    # Drawn at the first step, from its outputs: an extra call to shape them would be a no-grad
+    # call, which torch.compile compiles apart, inside the first step's time.
+    grads = []
 
     def step():
         if mode == 'inference':
@@ -167,6 +183,10 @@ def make_step(model: nn.Module, x: torch.Tensor, mode: str, dtype: torch.dtype) 
         with torch.autocast(**autocast):
             outs = _outputs(model(inp))
         if mode == 'train':
+            if not grads:
+                generator = torch.Generator(inp.device).manual_seed(0)
+                grads.extend(torch.randn(o.shape, generator=generator, device=o.device,
+                                         dtype=o.dtype) for o in outs)
             torch.autograd.backward(outs, grads)
             model.zero_grad(set_to_none=True)
         return outs
@@ -222,6 +242,33 @@ def first_call_ms(model: nn.Module, x: torch.Tensor, dtype: torch.dtype,
     return (time.perf_counter() - start) * 1e3
 
 
+def first_steps_in_new_process(scope: str, name: str, args) -> Dict[str, float]:
+    """Milliseconds of the first compiled training and inference step of variant ``name``, run
+    in a new process with an empty ``TORCHINDUCTOR_CACHE_DIR`` (``--first-step-cache empty``:
+    what a user's first compiled run costs, without kernels an earlier variant compiled) or
+    with this process's (``shared``)."""
+    argv = [sys.executable, osp.abspath(__file__), '--first-compiled-steps', scope, name,
+            '--device', args.device, '--threads', str(args.threads), '--depth', str(args.depth),
+            '--module-shape', *map(str, args.module_shape),
+            '--backbone-shape', *map(str, args.backbone_shape)]
+    with tempfile.TemporaryDirectory() as empty:
+        env = os.environ.copy()
+        if args.first_step_cache == 'empty':
+            env['TORCHINDUCTOR_CACHE_DIR'] = empty
+        done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f'the first compiled steps of {scope} {name} failed:\n{done.stderr}')
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def first_compiled_steps(scope: str, name: str, args, device) -> Dict[str, float]:
+    model = build_variants(scope, args)[name].to(device)
+    shape = args.module_shape if scope == 'module' else args.backbone_shape
+    x = torch.randn(*shape, device=device)
+    compiled = torch.compile(model)
+    return {mode: first_call_ms(compiled, x, torch.float32, mode) for mode in COMPILE_MODES}
+
+
 def graph_breaks(model: nn.Module, x: torch.Tensor, mode: str) -> dict:
     """What ``torch._dynamo.explain`` finds in one ``mode`` call of ``model``: graphs, graph
     breaks and their reasons."""
@@ -261,9 +308,9 @@ def benchmark(scope: str, variants: Dict[str, nn.Module], shape, args, device) -
             modes = COMPILE_MODES
             extra['graph_breaks'] = {name: graph_breaks(variants[name], x, 'train')
                                      for name in models}
-            extra['first_inference_step_ms'] = {
-                name: first_call_ms(m, x, dtype, 'inference') for name, m in models.items()}
-        first = {name: first_call_ms(m, x, dtype) for name, m in models.items()}
+        else:
+            extra['first_train_step_ms'] = {
+                name: first_call_ms(m, x, dtype) for name, m in models.items()}
         # Saved-tensor hooks and compiled graphs do not mix: no memory under compile.
         memory = None if compiled else {name: peak_train_bytes(m, x, dtype)
                                         for name, m in models.items()}
@@ -283,9 +330,14 @@ def benchmark(scope: str, variants: Dict[str, nn.Module], shape, args, device) -
                     row['memory_ratio_to_reference'] = {
                         name: memory[name] / memory[reference] for name in models
                         if name != reference}
-                row['first_train_step_ms'] = first
                 row.update(extra)
+                train_row = row
             rows.append(row)
+        if compiled:  # after the timing, which fills the cache that 'shared' first steps use
+            steps_ms = {name: first_steps_in_new_process(scope, name, args) for name in models}
+            for key, mode in (('first_train_step_ms', 'train'),
+                              ('first_inference_step_ms', 'inference')):
+                train_row[key] = {name: ms[mode] for name, ms in steps_ms.items()}
     return rows
 
 
@@ -357,15 +409,15 @@ def main(argv=None) -> dict:
     if device.type == 'cpu':
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.first_compiled_steps:
+        print(json.dumps(first_compiled_steps(*args.first_compiled_steps, args, device)))
+        return {}
     rows = []
-    if 'module' in args.scopes:
-        variants = build_module_variants(args.module_shape[1])
-        rows += benchmark('module', {k: v.to(device) for k, v in variants.items()},
-                          args.module_shape, args, device)
-    if 'backbone' in args.scopes:
-        variants = build_backbone_variants(args.depth)
-        rows += benchmark('backbone', {k: v.to(device) for k, v in variants.items()},
-                          args.backbone_shape, args, device)
+    for scope in args.scopes:
+        variants = build_variants(scope, args)
+        shape = args.module_shape if scope == 'module' else args.backbone_shape
+        rows += benchmark(scope, {k: v.to(device) for k, v in variants.items()}, shape, args,
+                          device)
     result = dict(
         device=torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name(),
         device_type=device.type, threads=torch.get_num_threads(), torch=torch.__version__,

@@ -70,14 +70,16 @@ def test_variants_take_their_paths():
 
 
 def test_amp_and_compile_settings(tmp_path):
-    """--modes amp compile: autocast rows with memory, compiled rows with their first steps and
-    the graph breaks torch._dynamo.explain counts (none from CBAM)."""
+    """--modes amp compile: autocast rows with memory, compiled rows with their first steps (each
+    variant's in a new process; 'shared': with the cache the timing filled, an empty one would
+    make this test compile everything twice) and the graph breaks torch._dynamo.explain counts
+    (none from CBAM)."""
     threads = torch.get_num_threads()
     try:
         result = benchmark_cbam.main([
             '--modes', 'amp', 'compile', '--amp-dtypes', 'bf16', '--scopes', 'module', '--reps',
-            '1', '--iters', '1', '--module-shape', '2', '16', '6', '8', '--out-dir',
-            str(tmp_path)])
+            '1', '--iters', '1', '--module-shape', '2', '16', '6', '8', '--first-step-cache',
+            'shared', '--out-dir', str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
     rows = {(r['setting'], r['mode']): r for r in result['rows']}
@@ -87,6 +89,8 @@ def test_amp_and_compile_settings(tmp_path):
     compiled = rows['compile', 'train']
     assert set(compiled['ms']) == {'fused', 'eager'} and 'train_bytes' not in compiled
     assert compiled['graph_breaks']['fused']['breaks'] == 0
-    assert all(ms > 0 for ms in compiled['first_inference_step_ms'].values())
+    for key in ('first_train_step_ms', 'first_inference_step_ms'):
+        assert set(compiled[key]) == {'fused', 'eager'} and all(
+            ms > 0 for ms in compiled[key].values())
     assert 'first train step, module compile: fused' in benchmark_cbam.format_first_steps(
         result['rows'])

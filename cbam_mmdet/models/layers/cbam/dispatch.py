@@ -19,7 +19,7 @@ Fast-path conditions (the only written list; README and docs link here). A call 
    c. TorchScript tracing or scripting is running (FLOP counters and exporters see the eager
       ops), or ``torch.compile`` is running and either autograd does not record the call
       (inference: the compiler fuses the eager ops with the block's other pointwise work,
-      1.05-1.11x plain ResNet-50 against 1.19-1.26x with the kernels as one opaque operator),
+      1.05-1.13x plain ResNet-50 against 1.19-1.26x with the kernels as one opaque operator),
       or the C++ kernels cannot take it (rule 2: the PyTorch-ops function is opaque to the
       compiler), or torch is older than 2.4 (no custom operators). Nothing warns while
       compiling (a warning would break the graph);

@@ -1,5 +1,7 @@
 """tools/benchmark_cbam.py at tiny sizes: table, JSON and plot content (no timing checks)."""
 import json
+import os
+import subprocess
 
 import pytest
 import torch
@@ -94,3 +96,34 @@ def test_amp_and_compile_settings(tmp_path):
             ms > 0 for ms in compiled[key].values())
     assert 'first train step, module compile: fused' in benchmark_cbam.format_first_steps(
         result['rows'])
+
+
+@pytest.mark.parametrize('cache', ['empty', 'shared'])
+def test_first_steps_in_new_process_cache(cache, monkeypatch, tmp_path):
+    """--first-step-cache: 'empty' gives the new process a new, empty compile cache, 'shared'
+    this process's; the last line the process prints is the result, a failure names the
+    variant and carries its error output."""
+    shared = tmp_path / 'shared'
+    shared.mkdir()
+    (shared / 'kernel.so').write_text('')
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(shared))
+    seen = {}
+
+    def run(argv, env, **kwargs):
+        folder = env['TORCHINDUCTOR_CACHE_DIR']
+        seen.update(argv=argv, folder=folder, files=os.listdir(folder))
+        return subprocess.CompletedProcess(argv, seen.get('rc', 0), 'compiling\n{"train": 1.5}',
+                                           'Traceback: out of memory')
+
+    monkeypatch.setattr(benchmark_cbam.subprocess, 'run', run)
+    args = benchmark_cbam.parse_args(['--first-step-cache', cache, '--depth', '18'])
+    assert benchmark_cbam.first_steps_in_new_process('backbone', 'fused', args) == {'train': 1.5}
+    assert seen['argv'][2:6] == ['--first-compiled-steps', 'backbone', 'fused', '--device']
+    if cache == 'shared':
+        assert seen['folder'] == str(shared) and seen['files'] == ['kernel.so']
+    else:
+        assert seen['folder'] != str(shared) and seen['files'] == []
+        assert not os.path.exists(seen['folder'])  # removed afterwards
+    seen['rc'] = 1
+    with pytest.raises(RuntimeError, match='backbone fused failed:\nTraceback: out of memory'):
+        benchmark_cbam.first_steps_in_new_process('backbone', 'fused', args)

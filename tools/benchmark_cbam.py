@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
 import torch
 import torch.nn as nn
@@ -122,6 +122,10 @@ class TorchOpsPath(nn.Module):
     def forward(self, x):
         with use_impl('torch'):
             return self.model(x)
+
+
+def input_shape(scope: str, args) -> Sequence[int]:
+    return args.module_shape if scope == 'module' else args.backbone_shape
 
 
 def build_variants(scope: str, args) -> Dict[str, nn.Module]:
@@ -263,8 +267,7 @@ def first_steps_in_new_process(scope: str, name: str, args) -> Dict[str, float]:
 
 def first_compiled_steps(scope: str, name: str, args, device) -> Dict[str, float]:
     model = build_variants(scope, args)[name].to(device)
-    shape = args.module_shape if scope == 'module' else args.backbone_shape
-    x = torch.randn(*shape, device=device)
+    x = torch.randn(*input_shape(scope, args), device=device)
     compiled = torch.compile(model)
     return {mode: first_call_ms(compiled, x, torch.float32, mode) for mode in COMPILE_MODES}
 
@@ -415,9 +418,8 @@ def main(argv=None) -> dict:
     rows = []
     for scope in args.scopes:
         variants = build_variants(scope, args)
-        shape = args.module_shape if scope == 'module' else args.backbone_shape
-        rows += benchmark(scope, {k: v.to(device) for k, v in variants.items()}, shape, args,
-                          device)
+        rows += benchmark(scope, {k: v.to(device) for k, v in variants.items()},
+                          input_shape(scope, args), args, device)
     result = dict(
         device=torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name(),
         device_type=device.type, threads=torch.get_num_threads(), torch=torch.__version__,

@@ -3,9 +3,10 @@ the implementation it chose.
 
 ``GateLayout`` holds the facts about a CBAM's gate modules that do not change from call to call
 (which parameters exist and where, whether the gates have the form the C++ kernels compute); it
-is gathered once per module and again whenever one of its gate modules is replaced (e.g. by
-``nn.SyncBatchNorm.convert_sync_batchnorm``). Parameters themselves are read on every call, so
-``torch.func.functional_call`` substitutes them as it does for the eager module.
+is gathered when the module is built (``dispatch.prepare``) and again whenever one of its gate
+modules is replaced (e.g. by ``nn.SyncBatchNorm.convert_sync_batchnorm``). Parameters themselves
+are read on every call, so ``torch.func.functional_call`` substitutes them as it does for the
+eager module.
 """
 from typing import List, Optional, Tuple
 

@@ -97,11 +97,12 @@ def test_explicit_cpp_that_cannot_run_warns_once_with_the_reason():
 
 @needs_cpp
 def test_a_replaced_gate_module_is_followed():
-    """The gates' layout is gathered once per module, and again when a module is replaced."""
+    """The gates' layout is gathered when the module is built (not in the first, maybe compiled,
+    call), and again when a module is replaced."""
     cbam, norm = CBAM(16, ratio=4), nn.BatchNorm2d(16)
+    layout = cbam.__dict__['_gate_layout']
     x = torch.randn(2, 16, 5, 6)
     assert impls_run(cbam, x, norm) == ['cpp']
-    layout = dispatch.gate_layout(cbam)
     assert dispatch.gate_layout(cbam) is layout
     spatial = cbam.spatial_gate.spatial
     setattr(spatial, spatial.norm_name, nn.GroupNorm(1, 1))  # the C++ form is gone
